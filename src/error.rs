@@ -1,0 +1,237 @@
+//! The crate's error type.
+//!
+//! One [`Error`] enum that callers match on; provider failures carry a
+//! [`ProviderErrorKind`] that says whether the failure is *definitive* (the key is really not
+//! usable: the lifecycle moves the account to `KeyInaccessible`) or *transient* (try later:
+//! the state never changes). Authentication failures of any kind are the single opaque
+//! [`Error::Decryption`].
+
+use core::fmt;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Decryption or authentication failed. Deliberately opaque: it never says which check
+    /// failed (tag, key commitment, header binding, truncation, wrong key).
+    #[error("decryption failed")]
+    Decryption,
+
+    /// A key provider (vault, HSM, KMS) refused or failed an operation.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+
+    /// A caller-supplied value is malformed or out of range.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// A key identifier could not be parsed.
+    #[error("invalid key identifier {input:?}: {reason}")]
+    InvalidKeyId {
+        /// The text that was given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// An algorithm name that this crate refuses or does not know (e.g. `RSA1_5`).
+    #[error("unsupported algorithm {0:?}")]
+    UnsupportedAlgorithm(String),
+}
+
+impl Error {
+    /// The HTTP status a service would return for this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::Decryption => 400,
+            Error::Provider(p) => p.kind.http_status(),
+            Error::InvalidInput(_) | Error::InvalidKeyId { .. } | Error::UnsupportedAlgorithm(_) => {
+                400
+            }
+        }
+    }
+
+    /// The provider error kind, if this error came from a provider.
+    pub fn provider_kind(&self) -> Option<ProviderErrorKind> {
+        match self {
+            Error::Provider(p) => Some(p.kind),
+            _ => None,
+        }
+    }
+}
+
+/// A failure reported by a [`crate::KeyProvider`] or vault administration call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError {
+    kind: ProviderErrorKind,
+    message: String,
+}
+
+impl ProviderError {
+    /// A new error of `kind` with a human-readable message (never containing secrets).
+    pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ProviderErrorKind {
+        self.kind
+    }
+
+    /// The provider's explanation.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Shorthand for `self.kind().is_definitive()`.
+    pub fn is_definitive(&self) -> bool {
+        self.kind.is_definitive()
+    }
+
+    /// Shorthand for `self.kind().is_transient()`.
+    pub fn is_transient(&self) -> bool {
+        self.kind.is_transient()
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key provider: {}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+/// The kinds of provider failure.
+///
+/// Three classes: **definitive** failures say the key cannot be used until its owner acts
+/// ([`is_definitive`](Self::is_definitive)); **transient** ones may succeed on retry
+/// ([`is_transient`](Self::is_transient)); the rest are faults in the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProviderErrorKind {
+    /// No key (or no such version) with that name. Definitive, 404.
+    KeyNotFound,
+    /// The key version exists but is disabled. Definitive, 403.
+    KeyDisabled,
+    /// The key is (soft-)deleted. Definitive, 403.
+    KeyDeleted,
+    /// The identity lacks the permission, or the identity itself was removed. Definitive, 403.
+    Forbidden,
+    /// The key's type cannot do what was asked (an AES key asked for RSA-OAEP, an EC key to
+    /// wrap). Definitive, 400.
+    WrongKeyType,
+    /// The vault itself no longer exists or was never there. Definitive, 404.
+    VaultNotFound,
+    /// The wrapped blob did not unwrap (corrupted, truncated, wrapped under another key).
+    /// Neither definitive nor transient: the key is fine, the input is not. 400.
+    UnwrapFailed,
+    /// The request is malformed (bad algorithm, oversized secret). 400.
+    InvalidRequest,
+    /// The request conflicts with the vault's state (name exists, purge protection on,
+    /// concurrent change). 409.
+    Conflict,
+    /// The provider did not answer in time. Transient, 503.
+    Timeout,
+    /// The provider is unreachable or failing. Transient, 503.
+    Unavailable,
+    /// The provider asks us to slow down. Transient, 503 (a service would say 429).
+    Throttled,
+    /// The backend cannot do this at all (e.g. an HSM without per-identity policies). 501.
+    Unsupported,
+}
+
+impl ProviderErrorKind {
+    /// The key cannot be used until its owner acts: not found, disabled, deleted, forbidden,
+    /// wrong type, vault gone.
+    pub fn is_definitive(self) -> bool {
+        matches!(
+            self,
+            Self::KeyNotFound
+                | Self::KeyDisabled
+                | Self::KeyDeleted
+                | Self::Forbidden
+                | Self::WrongKeyType
+                | Self::VaultNotFound
+        )
+    }
+
+    /// The same request may succeed later: timeouts, unavailability, throttling.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::Timeout | Self::Unavailable | Self::Throttled)
+    }
+
+    /// The HTTP status a service would return.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::KeyNotFound | Self::VaultNotFound => 404,
+            Self::KeyDisabled | Self::KeyDeleted | Self::Forbidden => 403,
+            Self::WrongKeyType | Self::UnwrapFailed | Self::InvalidRequest => 400,
+            Self::Conflict => 409,
+            Self::Timeout | Self::Unavailable | Self::Throttled => 503,
+            Self::Unsupported => 501,
+        }
+    }
+}
+
+impl fmt::Display for ProviderErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Self::KeyNotFound => "key not found",
+            Self::KeyDisabled => "key disabled",
+            Self::KeyDeleted => "key deleted",
+            Self::Forbidden => "forbidden",
+            Self::WrongKeyType => "wrong key type",
+            Self::VaultNotFound => "vault not found",
+            Self::UnwrapFailed => "unwrap failed",
+            Self::InvalidRequest => "invalid request",
+            Self::Conflict => "conflict",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+            Self::Throttled => "throttled",
+            Self::Unsupported => "unsupported",
+        };
+        f.write_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_disjoint_and_statuses_match() {
+        use ProviderErrorKind::*;
+        let all = [
+            KeyNotFound,
+            KeyDisabled,
+            KeyDeleted,
+            Forbidden,
+            WrongKeyType,
+            VaultNotFound,
+            UnwrapFailed,
+            InvalidRequest,
+            Conflict,
+            Timeout,
+            Unavailable,
+            Throttled,
+            Unsupported,
+        ];
+        for k in all {
+            assert!(!(k.is_definitive() && k.is_transient()), "{k}");
+            if k.is_transient() {
+                assert_eq!(k.http_status(), 503);
+            }
+        }
+        assert_eq!(Forbidden.http_status(), 403);
+        assert_eq!(KeyNotFound.http_status(), 404);
+        assert_eq!(Conflict.http_status(), 409);
+        assert_eq!(Error::Decryption.to_string(), "decryption failed");
+        let e: Error = ProviderError::new(KeyDisabled, "version 2 is disabled").into();
+        assert_eq!(e.http_status(), 403);
+        assert_eq!(e.provider_kind(), Some(KeyDisabled));
+    }
+}

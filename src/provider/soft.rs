@@ -1,0 +1,398 @@
+//! Software key material and the vault semantics shared by the software vaults (in-memory
+//! now, file-backed later): versions, latest-enabled resolution, soft-delete, purge
+//! protection and per-identity access policies.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use zeroize::Zeroizing;
+
+use super::{
+    Identity, KeyOperation, KeyProperties, KeySpec, KeyType, Permissions, VaultProperties,
+    WrapAlgorithm, WrappedKey,
+};
+use crate::crypto::{Kek, OaepHash, RsaPrivate};
+use crate::error::{ProviderError, ProviderErrorKind as K};
+use crate::secret::{AesKey, SecretBytes};
+
+/// Longest secret a software vault wraps (account keys are 32 bytes).
+pub(crate) const MAX_WRAP_INPUT: usize = 512;
+
+/// Key material of one version.
+#[derive(Clone)]
+pub(crate) enum Material {
+    Rsa(Arc<RsaPrivate>),
+    Aes(Arc<AesKey>),
+    /// An EC P-256 private scalar: held so that policies can refuse it; never used.
+    Ec(Arc<Zeroizing<[u8; 32]>>),
+}
+
+impl Material {
+    pub(crate) fn generate(spec: KeySpec, rng: &mut crate::provider::memory::VaultRng) -> Result<Self, ProviderError> {
+        match spec {
+            KeySpec::Rsa(bits @ (1024 | 2048 | 3072 | 4096)) => rng
+                .generate_rsa(bits as usize)
+                .map(|k| Self::Rsa(Arc::new(k)))
+                .map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string())),
+            KeySpec::Rsa(bits) => Err(ProviderError::new(
+                K::InvalidRequest,
+                format!("RSA keys are 1024, 2048, 3072 or 4096 bits, not {bits}"),
+            )),
+            KeySpec::Aes256 => {
+                let mut k = [0u8; 32];
+                rng.fill(&mut k);
+                Ok(Self::Aes(Arc::new(AesKey::from_bytes(k))))
+            }
+            KeySpec::EcP256 => {
+                let mut k = Zeroizing::new([0u8; 32]);
+                rng.fill(&mut *k);
+                Ok(Self::Ec(Arc::new(k)))
+            }
+        }
+    }
+
+    pub(crate) fn key_type(&self) -> KeyType {
+        match self {
+            Self::Rsa(k) => KeyType::Rsa {
+                bits: k.bits() as u32,
+            },
+            Self::Aes(_) => KeyType::Aes { bits: 256 },
+            Self::Ec(_) => KeyType::Ec {
+                curve: "P-256".into(),
+            },
+        }
+    }
+
+    pub(crate) fn operations(&self) -> Vec<KeyOperation> {
+        match self {
+            Self::Rsa(_) | Self::Aes(_) => vec![
+                KeyOperation::WrapKey,
+                KeyOperation::UnwrapKey,
+                KeyOperation::Encrypt,
+                KeyOperation::Decrypt,
+            ],
+            Self::Ec(_) => vec![KeyOperation::Sign, KeyOperation::Verify],
+        }
+    }
+
+    fn check_alg(&self, alg: WrapAlgorithm) -> Result<(), ProviderError> {
+        let ok = match self {
+            Self::Rsa(_) => alg.is_rsa(),
+            Self::Aes(_) => alg == WrapAlgorithm::A256Kw,
+            Self::Ec(_) => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ProviderError::new(
+                K::WrongKeyType,
+                format!("a {} key cannot {alg}", self.key_type()),
+            ))
+        }
+    }
+
+    pub(crate) fn wrap(&self, alg: WrapAlgorithm, pt: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        self.check_alg(alg)?;
+        if pt.is_empty() || pt.len() > MAX_WRAP_INPUT {
+            return Err(ProviderError::new(
+                K::InvalidRequest,
+                format!("a wrapped secret is 1 to {MAX_WRAP_INPUT} bytes"),
+            ));
+        }
+        let r = match self {
+            Self::Rsa(k) => k.public().encrypt_oaep(oaep_hash(alg), pt, b""),
+            Self::Aes(k) => Kek::new(k).wrap(pt),
+            Self::Ec(_) => unreachable_ec(),
+        };
+        r.map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))
+    }
+
+    pub(crate) fn unwrap(&self, alg: WrapAlgorithm, ct: &[u8]) -> Result<SecretBytes, ProviderError> {
+        self.check_alg(alg)?;
+        let r = match self {
+            Self::Rsa(k) => k.decrypt_oaep(oaep_hash(alg), ct, b""),
+            Self::Aes(k) => Kek::new(k).unwrap(ct),
+            Self::Ec(_) => unreachable_ec(),
+        };
+        r.map_err(|_| ProviderError::new(K::UnwrapFailed, "the wrapped key did not unwrap"))
+    }
+}
+
+fn unreachable_ec<T>() -> Result<T, crate::Error> {
+    Err(crate::Error::UnsupportedAlgorithm("EC key wrapping".into()))
+}
+
+fn oaep_hash(alg: WrapAlgorithm) -> OaepHash {
+    if alg == WrapAlgorithm::RsaOaep {
+        OaepHash::Sha1
+    } else {
+        OaepHash::Sha256
+    }
+}
+
+/// One version of a key.
+#[derive(Clone)]
+pub(crate) struct Version {
+    pub(crate) version: String,
+    pub(crate) material: Material,
+    pub(crate) enabled: bool,
+    pub(crate) created: SystemTime,
+}
+
+/// A key: its versions (oldest first) and its deletion state.
+#[derive(Clone, Default)]
+pub(crate) struct KeyEntry {
+    pub(crate) versions: Vec<Version>,
+    pub(crate) deleted_at: Option<SystemTime>,
+    /// Next version counter.
+    pub(crate) next: u64,
+}
+
+/// The whole state of a software vault.
+#[derive(Clone)]
+pub(crate) struct VaultState {
+    pub(crate) props: VaultProperties,
+    pub(crate) keys: BTreeMap<String, KeyEntry>,
+    pub(crate) access: BTreeMap<Identity, Permissions>,
+}
+
+/// Which permission an operation needs.
+#[derive(Clone, Copy)]
+pub(crate) enum Need {
+    Get,
+    Wrap,
+    Unwrap,
+}
+
+impl VaultState {
+    pub(crate) fn new(props: VaultProperties) -> Self {
+        Self {
+            props,
+            keys: BTreeMap::new(),
+            access: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn authorize(&self, who: &Identity, need: Need) -> Result<(), ProviderError> {
+        let Some(p) = self.access.get(who) else {
+            return Err(ProviderError::new(
+                K::Forbidden,
+                format!("identity {who} has no access policy on vault {}", self.props.host),
+            ));
+        };
+        let (ok, name) = match need {
+            Need::Get => (p.get, "get"),
+            Need::Wrap => (p.wrap_key, "wrapKey"),
+            Need::Unwrap => (p.unwrap_key, "unwrapKey"),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ProviderError::new(
+                K::Forbidden,
+                format!("identity {who} lacks the {name} permission"),
+            ))
+        }
+    }
+
+    /// The live (not deleted) key `name`.
+    pub(crate) fn live(&self, name: &str) -> Result<&KeyEntry, ProviderError> {
+        match self.keys.get(name) {
+            None => Err(not_found(name)),
+            Some(e) if e.deleted_at.is_some() => Err(ProviderError::new(
+                K::KeyDeleted,
+                format!("key {name} is deleted"),
+            )),
+            Some(e) => Ok(e),
+        }
+    }
+
+    pub(crate) fn live_mut(&mut self, name: &str) -> Result<&mut KeyEntry, ProviderError> {
+        self.live(name)?;
+        self.keys.get_mut(name).ok_or_else(|| not_found(name))
+    }
+
+    /// Resolves `version` (latest enabled when `None`) without checking `enabled`.
+    pub(crate) fn resolve(&self, name: &str, version: Option<&str>) -> Result<&Version, ProviderError> {
+        let e = self.live(name)?;
+        match version {
+            Some(v) => e
+                .versions
+                .iter()
+                .find(|x| x.version == v)
+                .ok_or_else(|| ProviderError::new(K::KeyNotFound, format!("key {name} has no version {v}"))),
+            None => e.versions.iter().rev().find(|x| x.enabled).ok_or_else(|| {
+                ProviderError::new(K::KeyDisabled, format!("key {name} has no enabled version"))
+            }),
+        }
+    }
+
+    /// Resolves and requires the version to be enabled.
+    pub(crate) fn usable(&self, name: &str, version: Option<&str>) -> Result<&Version, ProviderError> {
+        let v = self.resolve(name, version)?;
+        if v.enabled {
+            Ok(v)
+        } else {
+            Err(ProviderError::new(
+                K::KeyDisabled,
+                format!("version {} of key {name} is disabled", v.version),
+            ))
+        }
+    }
+
+    pub(crate) fn properties(&self, name: &str, v: &Version) -> KeyProperties {
+        KeyProperties {
+            vault: self.props.host.clone(),
+            name: name.to_owned(),
+            version: v.version.clone(),
+            key_type: v.material.key_type(),
+            enabled: v.enabled,
+            operations: v.material.operations(),
+            created: v.created,
+            public_key: match &v.material {
+                Material::Rsa(k) => Some(k.public()),
+                _ => None,
+            },
+        }
+    }
+
+    pub(crate) fn wrap(
+        &self,
+        who: &Identity,
+        name: &str,
+        version: Option<&str>,
+        alg: WrapAlgorithm,
+        pt: &[u8],
+    ) -> Result<WrappedKey, ProviderError> {
+        self.authorize(who, Need::Wrap)?;
+        let v = self.usable(name, version)?;
+        Ok(WrappedKey {
+            key_name: name.to_owned(),
+            key_version: v.version.clone(),
+            algorithm: alg,
+            ciphertext: v.material.wrap(alg, pt)?,
+        })
+    }
+
+    /// Checks access and returns the material to unwrap with (the caller runs the RSA
+    /// operation outside any lock).
+    pub(crate) fn unwrap_material(
+        &self,
+        who: &Identity,
+        wrapped: &WrappedKey,
+    ) -> Result<Material, ProviderError> {
+        self.authorize(who, Need::Unwrap)?;
+        Ok(self
+            .usable(&wrapped.key_name, Some(&wrapped.key_version))?
+            .material
+            .clone())
+    }
+
+    /// Adds `material` as the newest version of `name` (creating the key when `create`).
+    pub(crate) fn add_version(
+        &mut self,
+        name: &str,
+        material: Material,
+        now: SystemTime,
+        create: bool,
+    ) -> Result<KeyProperties, ProviderError> {
+        check_name(name)?;
+        let entry = match self.keys.get_mut(name) {
+            Some(e) if e.deleted_at.is_some() => {
+                return Err(ProviderError::new(
+                    K::Conflict,
+                    format!("key {name} is soft-deleted: recover or purge it first"),
+                ));
+            }
+            Some(_) if create => {
+                return Err(ProviderError::new(K::Conflict, format!("key {name} already exists")));
+            }
+            Some(e) => e,
+            None => self.keys.entry(name.to_owned()).or_default(),
+        };
+        entry.next += 1;
+        let v = Version {
+            version: entry.next.to_string(),
+            material,
+            enabled: true,
+            created: now,
+        };
+        entry.versions.push(v);
+        let v = entry.versions.last().cloned().ok_or_else(|| not_found(name))?;
+        Ok(self.properties(name, &v))
+    }
+
+    pub(crate) fn set_enabled(&mut self, name: &str, version: &str, enabled: bool) -> Result<(), ProviderError> {
+        let e = self.live_mut(name)?;
+        let v = e
+            .versions
+            .iter_mut()
+            .find(|x| x.version == version)
+            .ok_or_else(|| ProviderError::new(K::KeyNotFound, format!("key {name} has no version {version}")))?;
+        v.enabled = enabled;
+        Ok(())
+    }
+
+    pub(crate) fn delete(&mut self, name: &str, now: SystemTime) -> Result<(), ProviderError> {
+        let soft = self.props.soft_delete;
+        let e = self.live_mut(name)?;
+        if soft {
+            e.deleted_at = Some(now);
+        } else {
+            self.keys.remove(name);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn recover(&mut self, name: &str) -> Result<(), ProviderError> {
+        match self.keys.get_mut(name) {
+            Some(e) if e.deleted_at.is_some() => {
+                e.deleted_at = None;
+                Ok(())
+            }
+            _ => Err(ProviderError::new(K::KeyNotFound, format!("no deleted key {name} to recover"))),
+        }
+    }
+
+    pub(crate) fn purge(&mut self, name: &str, now: SystemTime) -> Result<(), ProviderError> {
+        let retention = Duration::from_secs(u64::from(self.props.retention_days) * 86_400);
+        match self.keys.get(name) {
+            Some(KeyEntry {
+                deleted_at: Some(at),
+                ..
+            }) => {
+                if self.props.purge_protection && now < *at + retention {
+                    return Err(ProviderError::new(
+                        K::Conflict,
+                        format!(
+                            "purge protection holds key {name} until its {}-day retention ends",
+                            self.props.retention_days
+                        ),
+                    ));
+                }
+                self.keys.remove(name);
+                Ok(())
+            }
+            _ => Err(ProviderError::new(K::KeyNotFound, format!("no deleted key {name} to purge"))),
+        }
+    }
+}
+
+fn not_found(name: &str) -> ProviderError {
+    ProviderError::new(K::KeyNotFound, format!("key {name} not found"))
+}
+
+fn check_name(name: &str) -> Result<(), ProviderError> {
+    if !name.is_empty()
+        && name.len() <= 127
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(ProviderError::new(
+            K::InvalidRequest,
+            format!("{name:?} is not a key name (1 to 127 letters, digits and '-')"),
+        ))
+    }
+}
