@@ -227,7 +227,7 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// An RSA private key held in software. Decryption is always blinded.
-pub struct RsaPrivate(rsa::PrivateKey);
+pub(crate) struct RsaPrivate(rsa::PrivateKey);
 
 /// An RSA public key.
 #[derive(Clone, PartialEq, Eq)]
@@ -250,9 +250,7 @@ impl RsaPrivate {
         let key = rsa::PrivateKey::from_pkcs8_pem(pem)
             .or_else(|_| rsa::PrivateKey::from_pkcs1_pem(pem))
             .map_err(|_| {
-                Error::InvalidInput(
-                    "not an RSA private key in PKCS#8 or PKCS#1 PEM form".into(),
-                )
+                Error::InvalidInput("not an RSA private key in PKCS#8 or PKCS#1 PEM form".into())
             })?;
         key.validate()
             .map_err(|e| Error::InvalidInput(format!("invalid RSA private key: {e}")))?;
@@ -276,12 +274,12 @@ impl RsaPrivate {
     }
 
     /// The public half.
-    pub fn public(&self) -> RsaPublic {
+    pub(crate) fn public(&self) -> RsaPublic {
         RsaPublic(self.0.to_public_key())
     }
 
     /// Modulus size in bits.
-    pub fn bits(&self) -> usize {
+    pub(crate) fn bits(&self) -> usize {
         self.0.size() * 8
     }
 
@@ -304,11 +302,10 @@ impl RsaPrivate {
                 self.0
                     .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new(), ct)
             }
-            (OaepHash::Sha1, false) => self.0.decrypt_blinded(
-                &mut rng,
-                Oaep::<sha1::Sha1>::new_with_label(label),
-                ct,
-            ),
+            (OaepHash::Sha1, false) => {
+                self.0
+                    .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new_with_label(label), ct)
+            }
         };
         r.map(SecretBytes::new).map_err(|_| Error::Decryption)
     }
@@ -359,9 +356,7 @@ impl RsaPublic {
     /// Encodes as SPKI PEM (`BEGIN PUBLIC KEY`).
     pub fn to_pem(&self) -> String {
         // Encoding a valid key into PEM cannot fail.
-        self.0
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_default()
+        self.0.to_public_key_pem(LineEnding::LF).unwrap_or_default()
     }
 
     /// Big-endian modulus.

@@ -13,6 +13,9 @@ use crate::crypto::RsaPublic;
 use crate::error::{Error, ProviderError};
 use crate::secret::SecretBytes;
 
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod conformance;
+pub(crate) mod fault;
 pub(crate) mod memory;
 pub(crate) mod soft;
 
@@ -446,8 +449,12 @@ pub trait VaultAdmin: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// `KeyNotFound` for an unknown key or version.
-    async fn set_enabled(&self, name: &str, version: &str, enabled: bool)
-    -> Result<(), ProviderError>;
+    async fn set_enabled(
+        &self,
+        name: &str,
+        version: &str,
+        enabled: bool,
+    ) -> Result<(), ProviderError>;
 
     /// Deletes the key: soft-delete where the vault has it, otherwise permanently.
     ///
@@ -471,8 +478,11 @@ pub trait VaultAdmin: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// `Unsupported` where the backend has no per-identity policies.
-    async fn set_access(&self, identity: &Identity, permissions: Permissions)
-    -> Result<(), ProviderError>;
+    async fn set_access(
+        &self,
+        identity: &Identity,
+        permissions: Permissions,
+    ) -> Result<(), ProviderError>;
 
     /// Removes `identity` altogether (its credential stops working).
     ///
@@ -484,6 +494,8 @@ pub trait VaultAdmin: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// A backend-specific failure to set up the connection.
-    async fn provider_for(&self, identity: &Identity)
-    -> Result<Arc<dyn KeyProvider>, ProviderError>;
+    async fn provider_for(
+        &self,
+        identity: &Identity,
+    ) -> Result<Arc<dyn KeyProvider>, ProviderError>;
 }
