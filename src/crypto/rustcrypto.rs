@@ -88,6 +88,7 @@ impl Gcm {
 ///
 /// The crate only ever uses 256-bit KEKs; 128- and 192-bit ones exist so that the full
 /// Wycheproof suites run through this wrapper.
+#[allow(clippy::large_enum_variant)] // built once per key; boxing would add an allocation
 pub(crate) enum Kek {
     A128(KwAes128, KwpAes128),
     A192(KwAes192, KwpAes192),
@@ -121,7 +122,7 @@ impl Kek {
 
     /// RFC 3394 wrap. The key must be a non-zero multiple of 8 bytes, at least 16.
     pub(crate) fn wrap(&self, key: &[u8]) -> Result<Vec<u8>, Error> {
-        if key.len() < 16 || key.len() % 8 != 0 {
+        if key.len() < 16 || !key.len().is_multiple_of(8) {
             return Err(Error::InvalidInput(format!(
                 "AES key wrap (RFC 3394) needs a multiple of 8 bytes, at least 16; got {}",
                 key.len()
@@ -152,7 +153,7 @@ impl Kek {
 
     /// RFC 3394 unwrap. Any failure is the opaque [`Error::Decryption`].
     pub(crate) fn unwrap(&self, wrapped: &[u8]) -> Result<SecretBytes, Error> {
-        if wrapped.len() < 24 || wrapped.len() % 8 != 0 {
+        if wrapped.len() < 24 || !wrapped.len().is_multiple_of(8) {
             return Err(Error::Decryption);
         }
         let mut out = Zeroizing::new(vec![0u8; wrapped.len() - 8]);
@@ -185,7 +186,7 @@ impl Kek {
 
     /// RFC 5649 unwrap. Any failure is the opaque [`Error::Decryption`].
     pub(crate) fn unwrap_padded(&self, wrapped: &[u8]) -> Result<SecretBytes, Error> {
-        if wrapped.len() < 16 || wrapped.len() % 8 != 0 {
+        if wrapped.len() < 16 || !wrapped.len().is_multiple_of(8) {
             return Err(Error::Decryption);
         }
         let mut out = Zeroizing::new(vec![0u8; wrapped.len() - 8]);

@@ -150,9 +150,7 @@ impl FaultInjector {
                 f.fail_next -= 1;
                 Some(f.fail_next_kind)
             } else if f.rate > 0.0 {
-                let x = match f.rng.try_next_u64() {
-                    Ok(x) => x,
-                };
+                let Ok(x) = f.rng.try_next_u64();
                 ((x >> 11) as f64 / (1u64 << 53) as f64 <= f.rate).then_some(f.rate_kind)
             } else {
                 None

@@ -17,7 +17,7 @@ use crate::secret::SecretBytes;
 /// The randomness a software vault draws keys from.
 pub(crate) enum VaultRng {
     Os,
-    Seeded(SeededRng),
+    Seeded(Box<SeededRng>),
 }
 
 impl VaultRng {
@@ -36,7 +36,7 @@ impl VaultRng {
     pub(crate) fn generate_rsa(&mut self, bits: usize) -> Result<RsaPrivate, crate::Error> {
         match self {
             Self::Os => RsaPrivate::generate(&mut ThreadRng, bits),
-            Self::Seeded(r) => RsaPrivate::generate(r, bits),
+            Self::Seeded(r) => RsaPrivate::generate(&mut **r, bits),
         }
     }
 }
@@ -97,7 +97,11 @@ impl InMemoryVault {
         clock: Arc<dyn Clock>,
         seed: [u8; 32],
     ) -> Self {
-        Self::with_parts(props, clock, VaultRng::Seeded(SeededRng::new(seed)))
+        Self::with_parts(
+            props,
+            clock,
+            VaultRng::Seeded(Box::new(SeededRng::new(seed))),
+        )
     }
 
     fn with_parts(props: VaultProperties, clock: Arc<dyn Clock>, rng: VaultRng) -> Self {
