@@ -10,6 +10,7 @@ use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey, LineEnding}
 use rsa::traits::PublicKeyParts;
 use rsa::{BoxedUint, Oaep};
 use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{GCM_NONCE_LEN, GCM_TAG_LEN, OaepHash, ThreadRng};
@@ -205,6 +206,21 @@ fn bad_kek() -> Error {
     Error::InvalidInput("an AES key-encryption key is 16, 24 or 32 bytes".into())
 }
 
+/// XORs MGF1(`seed`, `out.len()`) (RFC 8017 §B.2.1) with hash `D` into `out`.
+fn mgf1_xor<D: Digest>(out: &mut [u8], seed: &[u8]) {
+    let mut counter = 0u32;
+    for chunk in out.chunks_mut(<D as Digest>::output_size()) {
+        let mut h = D::new();
+        h.update(seed);
+        h.update(counter.to_be_bytes());
+        let mask = h.finalize();
+        for (o, m) in chunk.iter_mut().zip(mask.iter()) {
+            *o ^= m;
+        }
+        counter += 1;
+    }
+}
+
 /// HKDF-SHA-256 (RFC 5869) into `out`.
 pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
     let hk = hkdf::Hkdf::<Sha256>::new(Some(salt), ikm);
@@ -284,31 +300,61 @@ impl RsaPrivate {
         self.0.size() * 8
     }
 
-    /// RSA-OAEP decryption with the label `label` (empty for key wrapping). Blinded.
-    /// Any failure is the opaque [`Error::Decryption`].
+    /// RSA-OAEP decryption (RFC 8017 §7.1.2) with the label `label` (empty for key
+    /// wrapping). Blinded. Any failure is the opaque [`Error::Decryption`].
+    ///
+    /// The RSA primitive comes from the `rsa` crate (blinded, with the CRT fault check); the
+    /// OAEP decoding is ours because `rsa` 0.10 ignores the leading octet `Y` of the encoded
+    /// message, which RFC 8017 step 3.g requires to be zero (Wycheproof tcId 23). Every check
+    /// is constant-time and they are combined before the single branch.
     pub(crate) fn decrypt_oaep(
         &self,
         hash: OaepHash,
         ct: &[u8],
         label: &[u8],
     ) -> Result<SecretBytes, Error> {
-        let mut rng = ThreadRng;
-        let r = match (hash, label.is_empty()) {
-            (OaepHash::Sha256, true) => self.0.decrypt_blinded(&mut rng, Oaep::<Sha256>::new(), ct),
-            (OaepHash::Sha256, false) => {
-                self.0
-                    .decrypt_blinded(&mut rng, Oaep::<Sha256>::new_with_label(label), ct)
-            }
-            (OaepHash::Sha1, true) => {
-                self.0
-                    .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new(), ct)
-            }
-            (OaepHash::Sha1, false) => {
-                self.0
-                    .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new_with_label(label), ct)
-            }
-        };
-        r.map(SecretBytes::new).map_err(|_| Error::Decryption)
+        match hash {
+            OaepHash::Sha256 => self.decrypt_oaep_with::<Sha256>(ct, label),
+            OaepHash::Sha1 => self.decrypt_oaep_with::<sha1::Sha1>(ct, label),
+        }
+    }
+
+    fn decrypt_oaep_with<D: Digest>(&self, ct: &[u8], label: &[u8]) -> Result<SecretBytes, Error> {
+        let k = self.0.size();
+        let h_len = <D as Digest>::output_size();
+        if ct.len() != k || k < 2 * h_len + 2 {
+            return Err(Error::Decryption);
+        }
+        let c = BoxedUint::from_be_slice(ct, self.0.n_bits_precision())
+            .map_err(|_| Error::Decryption)?;
+        let m = rsa::hazmat::rsa_decrypt_and_check(&self.0, Some(&mut ThreadRng), &c)
+            .map_err(|_| Error::Decryption)?;
+        let m = Zeroizing::new(m);
+        let bytes = Zeroizing::new(m.to_be_bytes());
+        let excess = bytes.len().checked_sub(k).ok_or(Error::Decryption)?;
+        let mut em = Zeroizing::new(bytes[excess..].to_vec());
+        let (y, rest) = em.split_at_mut(1);
+        let (seed, db) = rest.split_at_mut(h_len);
+        mgf1_xor::<D>(seed, db); // seed = maskedSeed ^ MGF(maskedDB)
+        mgf1_xor::<D>(db, seed); // DB = maskedDB ^ MGF(seed)
+        let l_hash = D::digest(label);
+        let mut valid = y[0].ct_eq(&0) & db[..h_len].ct_eq(l_hash.as_slice());
+        // DB = lHash || PS (zero or more 0x00) || 0x01 || M
+        let mut looking = subtle::Choice::from(1);
+        let mut index = 0u32;
+        let mut bad_padding = subtle::Choice::from(0);
+        for (i, b) in db[h_len..].iter().enumerate() {
+            let is0 = b.ct_eq(&0);
+            let is1 = b.ct_eq(&1);
+            index.conditional_assign(&(i as u32), looking & is1);
+            bad_padding |= looking & !is0 & !is1;
+            looking &= !is1;
+        }
+        valid &= !bad_padding & !looking;
+        if !bool::from(valid) {
+            return Err(Error::Decryption);
+        }
+        Ok(SecretBytes::new(db[h_len + index as usize + 1..].to_vec()))
     }
 }
 
