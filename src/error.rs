@@ -37,6 +37,11 @@ pub enum Error {
     /// An algorithm name that this crate refuses or does not know (e.g. `RSA1_5`).
     #[error("unsupported algorithm {0:?}")]
     UnsupportedAlgorithm(String),
+
+    /// Bytes are not an envelope header this version reads (returned by inspection; opening
+    /// untrusted bytes only ever fails with [`Error::Decryption`]).
+    #[error("envelope format: {0}")]
+    Format(#[from] crate::envelope::FormatError),
 }
 
 impl Error {
@@ -45,9 +50,10 @@ impl Error {
         match self {
             Error::Decryption => 400,
             Error::Provider(p) => p.kind.http_status(),
-            Error::InvalidInput(_) | Error::InvalidKeyId { .. } | Error::UnsupportedAlgorithm(_) => {
-                400
-            }
+            Error::InvalidInput(_)
+            | Error::InvalidKeyId { .. }
+            | Error::UnsupportedAlgorithm(_) => 400,
+            Error::Format(_) => 400,
         }
     }
 

@@ -165,6 +165,19 @@ impl Kek {
         Ok(SecretBytes::from(out))
     }
 
+    /// RFC 3394 unwrap of a 40-byte blob into a 32-byte key (the envelope's hot path: no
+    /// heap allocation). Any failure is the opaque [`Error::Decryption`].
+    pub(crate) fn unwrap_32(&self, wrapped: &[u8; 40]) -> Result<AesKey, Error> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        let r = match self {
+            Self::A128(kw, _) => kw.unwrap_key(wrapped, &mut out[..]).map(|_| ()),
+            Self::A192(kw, _) => kw.unwrap_key(wrapped, &mut out[..]).map(|_| ()),
+            Self::A256(kw, _) => kw.unwrap_key(wrapped, &mut out[..]).map(|_| ()),
+        };
+        r.map_err(|_| Error::Decryption)?;
+        Ok(AesKey::from_bytes(*out))
+    }
+
     /// RFC 5649 wrap (any length from 1 byte).
     pub(crate) fn wrap_padded(&self, key: &[u8]) -> Result<Vec<u8>, Error> {
         if key.is_empty() || key.len() > u32::MAX as usize {
@@ -212,6 +225,17 @@ pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8
     debug_assert!(r.is_ok());
 }
 
+/// HKDF-Expand with SHA-256 (RFC 5869 §2.3) from a key that is already uniformly random
+/// (RFC 5869 §3.3: the extract step may be skipped), into `out` (at most 64 bytes used by the
+/// crate).
+pub(crate) fn hkdf_expand_sha256(prk: &[u8; 32], info: &[&[u8]], out: &mut [u8]) {
+    // A 32-byte PRK is exactly HashLen, and outputs are far below 255 * 32 bytes.
+    if let Ok(hk) = hkdf::Hkdf::<Sha256>::from_prk(prk) {
+        let r = hk.expand_multi_info(info, out);
+        debug_assert!(r.is_ok());
+    }
+}
+
 /// HMAC-SHA-256, built from HKDF's extract step (HKDF-Extract(salt=key, ikm=msg) is
 /// HMAC(key, msg) by definition, RFC 5869 §2.2).
 pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
@@ -250,9 +274,7 @@ impl RsaPrivate {
         let key = rsa::PrivateKey::from_pkcs8_pem(pem)
             .or_else(|_| rsa::PrivateKey::from_pkcs1_pem(pem))
             .map_err(|_| {
-                Error::InvalidInput(
-                    "not an RSA private key in PKCS#8 or PKCS#1 PEM form".into(),
-                )
+                Error::InvalidInput("not an RSA private key in PKCS#8 or PKCS#1 PEM form".into())
             })?;
         key.validate()
             .map_err(|e| Error::InvalidInput(format!("invalid RSA private key: {e}")))?;
@@ -304,11 +326,10 @@ impl RsaPrivate {
                 self.0
                     .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new(), ct)
             }
-            (OaepHash::Sha1, false) => self.0.decrypt_blinded(
-                &mut rng,
-                Oaep::<sha1::Sha1>::new_with_label(label),
-                ct,
-            ),
+            (OaepHash::Sha1, false) => {
+                self.0
+                    .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new_with_label(label), ct)
+            }
         };
         r.map(SecretBytes::new).map_err(|_| Error::Decryption)
     }
@@ -359,9 +380,7 @@ impl RsaPublic {
     /// Encodes as SPKI PEM (`BEGIN PUBLIC KEY`).
     pub fn to_pem(&self) -> String {
         // Encoding a valid key into PEM cannot fail.
-        self.0
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_default()
+        self.0.to_public_key_pem(LineEnding::LF).unwrap_or_default()
     }
 
     /// Big-endian modulus.
