@@ -50,9 +50,9 @@ impl Error {
         match self {
             Error::Decryption => 400,
             Error::Provider(p) => p.kind.http_status(),
-            Error::InvalidInput(_)
-            | Error::InvalidKeyId { .. }
-            | Error::UnsupportedAlgorithm(_) => 400,
+            Error::InvalidInput(_) | Error::InvalidKeyId { .. } | Error::UnsupportedAlgorithm(_) => {
+                400
+            }
             Error::Format(_) => 400,
         }
     }

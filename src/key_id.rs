@@ -150,10 +150,7 @@ impl FromStr for KeyId {
             .ok_or_else(|| invalid(s, "a key identifier starts with https://"))?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['?', '#', '@', ' ']) {
-            return Err(invalid(
-                s,
-                "a key identifier has no query, fragment or user part",
-            ));
+            return Err(invalid(s, "a key identifier has no query, fragment or user part"));
         }
         let mut parts = rest.split('/');
         let host = parts.next().unwrap_or_default();
@@ -222,9 +219,7 @@ mod tests {
             let back: KeyId = serde_json::from_str(&json).expect("back");
             assert_eq!(back, id);
         }
-        let id: KeyId = "https://Contoso.Vault.Example/keys/k/"
-            .parse()
-            .expect("trailing slash");
+        let id: KeyId = "https://Contoso.Vault.Example/keys/k/".parse().expect("trailing slash");
         assert_eq!(id.vault(), "contoso.vault.example");
         assert_eq!(id.version(), None);
         assert_eq!(id.with_version("7").expect("v").version(), Some("7"));

@@ -274,7 +274,9 @@ impl RsaPrivate {
         let key = rsa::PrivateKey::from_pkcs8_pem(pem)
             .or_else(|_| rsa::PrivateKey::from_pkcs1_pem(pem))
             .map_err(|_| {
-                Error::InvalidInput("not an RSA private key in PKCS#8 or PKCS#1 PEM form".into())
+                Error::InvalidInput(
+                    "not an RSA private key in PKCS#8 or PKCS#1 PEM form".into(),
+                )
             })?;
         key.validate()
             .map_err(|e| Error::InvalidInput(format!("invalid RSA private key: {e}")))?;
@@ -326,10 +328,11 @@ impl RsaPrivate {
                 self.0
                     .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new(), ct)
             }
-            (OaepHash::Sha1, false) => {
-                self.0
-                    .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new_with_label(label), ct)
-            }
+            (OaepHash::Sha1, false) => self.0.decrypt_blinded(
+                &mut rng,
+                Oaep::<sha1::Sha1>::new_with_label(label),
+                ct,
+            ),
         };
         r.map(SecretBytes::new).map_err(|_| Error::Decryption)
     }
@@ -380,7 +383,9 @@ impl RsaPublic {
     /// Encodes as SPKI PEM (`BEGIN PUBLIC KEY`).
     pub fn to_pem(&self) -> String {
         // Encoding a valid key into PEM cannot fail.
-        self.0.to_public_key_pem(LineEnding::LF).unwrap_or_default()
+        self.0
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap_or_default()
     }
 
     /// Big-endian modulus.

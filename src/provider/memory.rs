@@ -142,10 +142,7 @@ impl VaultAdmin for InMemoryVault {
     async fn create_key(&self, name: &str, spec: KeySpec) -> Result<KeyProperties, ProviderError> {
         // Refuse a taken name before spending time on generation.
         if self.read().keys.contains_key(name) {
-            return Err(ProviderError::new(
-                K::Conflict,
-                format!("key {name} already exists"),
-            ));
+            return Err(ProviderError::new(K::Conflict, format!("key {name} already exists")));
         }
         let m = self.generate(spec)?;
         let now = self.inner.clock.now();

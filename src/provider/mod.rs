@@ -446,12 +446,8 @@ pub trait VaultAdmin: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// `KeyNotFound` for an unknown key or version.
-    async fn set_enabled(
-        &self,
-        name: &str,
-        version: &str,
-        enabled: bool,
-    ) -> Result<(), ProviderError>;
+    async fn set_enabled(&self, name: &str, version: &str, enabled: bool)
+    -> Result<(), ProviderError>;
 
     /// Deletes the key: soft-delete where the vault has it, otherwise permanently.
     ///
@@ -475,11 +471,8 @@ pub trait VaultAdmin: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// `Unsupported` where the backend has no per-identity policies.
-    async fn set_access(
-        &self,
-        identity: &Identity,
-        permissions: Permissions,
-    ) -> Result<(), ProviderError>;
+    async fn set_access(&self, identity: &Identity, permissions: Permissions)
+    -> Result<(), ProviderError>;
 
     /// Removes `identity` altogether (its credential stops working).
     ///
@@ -491,8 +484,6 @@ pub trait VaultAdmin: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// A backend-specific failure to set up the connection.
-    async fn provider_for(
-        &self,
-        identity: &Identity,
-    ) -> Result<Arc<dyn KeyProvider>, ProviderError>;
+    async fn provider_for(&self, identity: &Identity)
+    -> Result<Arc<dyn KeyProvider>, ProviderError>;
 }

@@ -29,10 +29,7 @@ pub(crate) enum Material {
 }
 
 impl Material {
-    pub(crate) fn generate(
-        spec: KeySpec,
-        rng: &mut crate::provider::memory::VaultRng,
-    ) -> Result<Self, ProviderError> {
+    pub(crate) fn generate(spec: KeySpec, rng: &mut crate::provider::memory::VaultRng) -> Result<Self, ProviderError> {
         match spec {
             KeySpec::Rsa(bits @ (1024 | 2048 | 3072 | 4096)) => rng
                 .generate_rsa(bits as usize)
@@ -111,11 +108,7 @@ impl Material {
         r.map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))
     }
 
-    pub(crate) fn unwrap(
-        &self,
-        alg: WrapAlgorithm,
-        ct: &[u8],
-    ) -> Result<SecretBytes, ProviderError> {
+    pub(crate) fn unwrap(&self, alg: WrapAlgorithm, ct: &[u8]) -> Result<SecretBytes, ProviderError> {
         self.check_alg(alg)?;
         let r = match self {
             Self::Rsa(k) => k.decrypt_oaep(oaep_hash(alg), ct, b""),
@@ -185,10 +178,7 @@ impl VaultState {
         let Some(p) = self.access.get(who) else {
             return Err(ProviderError::new(
                 K::Forbidden,
-                format!(
-                    "identity {who} has no access policy on vault {}",
-                    self.props.host
-                ),
+                format!("identity {who} has no access policy on vault {}", self.props.host),
             ));
         };
         let (ok, name) = match need {
@@ -224,16 +214,14 @@ impl VaultState {
     }
 
     /// Resolves `version` (latest enabled when `None`) without checking `enabled`.
-    pub(crate) fn resolve(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<&Version, ProviderError> {
+    pub(crate) fn resolve(&self, name: &str, version: Option<&str>) -> Result<&Version, ProviderError> {
         let e = self.live(name)?;
         match version {
-            Some(v) => e.versions.iter().find(|x| x.version == v).ok_or_else(|| {
-                ProviderError::new(K::KeyNotFound, format!("key {name} has no version {v}"))
-            }),
+            Some(v) => e
+                .versions
+                .iter()
+                .find(|x| x.version == v)
+                .ok_or_else(|| ProviderError::new(K::KeyNotFound, format!("key {name} has no version {v}"))),
             None => e.versions.iter().rev().find(|x| x.enabled).ok_or_else(|| {
                 ProviderError::new(K::KeyDisabled, format!("key {name} has no enabled version"))
             }),
@@ -241,11 +229,7 @@ impl VaultState {
     }
 
     /// Resolves and requires the version to be enabled.
-    pub(crate) fn usable(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<&Version, ProviderError> {
+    pub(crate) fn usable(&self, name: &str, version: Option<&str>) -> Result<&Version, ProviderError> {
         let v = self.resolve(name, version)?;
         if v.enabled {
             Ok(v)
@@ -322,10 +306,7 @@ impl VaultState {
                 ));
             }
             Some(_) if create => {
-                return Err(ProviderError::new(
-                    K::Conflict,
-                    format!("key {name} already exists"),
-                ));
+                return Err(ProviderError::new(K::Conflict, format!("key {name} already exists")));
             }
             Some(e) => e,
             None => self.keys.entry(name.to_owned()).or_default(),
@@ -338,31 +319,17 @@ impl VaultState {
             created: now,
         };
         entry.versions.push(v);
-        let v = entry
-            .versions
-            .last()
-            .cloned()
-            .ok_or_else(|| not_found(name))?;
+        let v = entry.versions.last().cloned().ok_or_else(|| not_found(name))?;
         Ok(self.properties(name, &v))
     }
 
-    pub(crate) fn set_enabled(
-        &mut self,
-        name: &str,
-        version: &str,
-        enabled: bool,
-    ) -> Result<(), ProviderError> {
+    pub(crate) fn set_enabled(&mut self, name: &str, version: &str, enabled: bool) -> Result<(), ProviderError> {
         let e = self.live_mut(name)?;
         let v = e
             .versions
             .iter_mut()
             .find(|x| x.version == version)
-            .ok_or_else(|| {
-                ProviderError::new(
-                    K::KeyNotFound,
-                    format!("key {name} has no version {version}"),
-                )
-            })?;
+            .ok_or_else(|| ProviderError::new(K::KeyNotFound, format!("key {name} has no version {version}")))?;
         v.enabled = enabled;
         Ok(())
     }
@@ -384,10 +351,7 @@ impl VaultState {
                 e.deleted_at = None;
                 Ok(())
             }
-            _ => Err(ProviderError::new(
-                K::KeyNotFound,
-                format!("no deleted key {name} to recover"),
-            )),
+            _ => Err(ProviderError::new(K::KeyNotFound, format!("no deleted key {name} to recover"))),
         }
     }
 
@@ -410,10 +374,7 @@ impl VaultState {
                 self.keys.remove(name);
                 Ok(())
             }
-            _ => Err(ProviderError::new(
-                K::KeyNotFound,
-                format!("no deleted key {name} to purge"),
-            )),
+            _ => Err(ProviderError::new(K::KeyNotFound, format!("no deleted key {name} to purge"))),
         }
     }
 }
