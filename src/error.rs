@@ -74,6 +74,11 @@ pub enum Error {
         /// The rule that was broken.
         violation: PolicyViolation,
     },
+
+    /// Bytes are not an envelope header this version reads (returned by inspection; opening
+    /// untrusted bytes only ever fails with [`Error::Decryption`]).
+    #[error("envelope format: {0}")]
+    Format(#[from] crate::envelope::FormatError),
 }
 
 /// A broken policy rule.
@@ -151,6 +156,7 @@ impl Error {
             Error::Conflict(_) => 409,
             Error::KeyInaccessible { .. } => 403,
             Error::Unavailable { .. } => 503,
+            Error::Format(_) => 400,
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod clock;
 mod crypto;
+mod envelope;
 mod error;
 mod key_id;
 mod provider;
@@ -13,6 +14,13 @@ mod util;
 // The public interface is:
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::crypto::{OaepHash, RsaPublic};
+/// Fuzzing entry points (only with `--cfg fuzzing`, as cargo-fuzz builds).
+#[cfg(fuzzing)]
+pub use crate::envelope::fuzzing;
+pub use crate::envelope::{
+    AccountKey, Envelope, FormatError, HeaderInfo, LayerKeyInfo, MAX_FIELD_LEN, MAX_HEADER_LEN,
+    OpenReader, PreparedKey, SealWriter, field_key_version, inspect, inspect_reader,
+};
 pub use crate::error::{Error, ProviderError, ProviderErrorKind};
 pub use crate::key_id::KeyId;
 pub use crate::provider::fault::{FaultInjector, ProviderOp};

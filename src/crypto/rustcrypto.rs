@@ -1,5 +1,9 @@
 //! The RustCrypto backend of the crypto core.
 
+// The core offers every primitive the format and providers may need (RFC 5649 KWP, 128- and
+// 192-bit KEKs, one-shot GCM), all checked by Wycheproof; not each has a non-test caller yet.
+#![cfg_attr(not(test), allow(dead_code))]
+
 use core::fmt;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -167,6 +171,19 @@ impl Kek {
         Ok(SecretBytes::from(out))
     }
 
+    /// RFC 3394 unwrap of a 40-byte blob into a 32-byte key (the envelope's hot path: no
+    /// heap allocation). Any failure is the opaque [`Error::Decryption`].
+    pub(crate) fn unwrap_32(&self, wrapped: &[u8; 40]) -> Result<AesKey, Error> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        let r = match self {
+            Self::A128(kw, _) => kw.unwrap_key(wrapped, &mut out[..]).map(|_| ()),
+            Self::A192(kw, _) => kw.unwrap_key(wrapped, &mut out[..]).map(|_| ()),
+            Self::A256(kw, _) => kw.unwrap_key(wrapped, &mut out[..]).map(|_| ()),
+        };
+        r.map_err(|_| Error::Decryption)?;
+        Ok(AesKey::from_bytes(*out))
+    }
+
     /// RFC 5649 wrap (any length from 1 byte).
     pub(crate) fn wrap_padded(&self, key: &[u8]) -> Result<Vec<u8>, Error> {
         if key.is_empty() || key.len() > u32::MAX as usize {
@@ -208,8 +225,7 @@ fn bad_kek() -> Error {
 
 /// XORs MGF1(`seed`, `out.len()`) (RFC 8017 §B.2.1) with hash `D` into `out`.
 fn mgf1_xor<D: Digest>(out: &mut [u8], seed: &[u8]) {
-    let mut counter = 0u32;
-    for chunk in out.chunks_mut(<D as Digest>::output_size()) {
+    for (counter, chunk) in (0u32..).zip(out.chunks_mut(<D as Digest>::output_size())) {
         let mut h = D::new();
         h.update(seed);
         h.update(counter.to_be_bytes());
@@ -217,7 +233,6 @@ fn mgf1_xor<D: Digest>(out: &mut [u8], seed: &[u8]) {
         for (o, m) in chunk.iter_mut().zip(mask.iter()) {
             *o ^= m;
         }
-        counter += 1;
     }
 }
 
@@ -227,6 +242,17 @@ pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8
     // Output lengths used by the crate are at most 64 bytes, far below 255 * 32.
     let r = hk.expand_multi_info(info, out);
     debug_assert!(r.is_ok());
+}
+
+/// HKDF-Expand with SHA-256 (RFC 5869 §2.3) from a key that is already uniformly random
+/// (RFC 5869 §3.3: the extract step may be skipped), into `out` (at most 64 bytes used by the
+/// crate).
+pub(crate) fn hkdf_expand_sha256(prk: &[u8; 32], info: &[&[u8]], out: &mut [u8]) {
+    // A 32-byte PRK is exactly HashLen, and outputs are far below 255 * 32 bytes.
+    if let Ok(hk) = hkdf::Hkdf::<Sha256>::from_prk(prk) {
+        let r = hk.expand_multi_info(info, out);
+        debug_assert!(r.is_ok());
+    }
 }
 
 /// HMAC-SHA-256, built from HKDF's extract step (HKDF-Extract(salt=key, ikm=msg) is
