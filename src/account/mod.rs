@@ -423,6 +423,10 @@ impl AccountManager {
         }
     }
 
+    fn record_key(rec: &AccountRecord) -> Option<String> {
+        rec.account_key.as_ref().map(Self::audit_key)
+    }
+
     fn audit_key(w: &WrappedAccountKey) -> String {
         if w.vault.contains('.') || w.vault.contains(':') {
             format!(
@@ -571,7 +575,7 @@ impl AccountManager {
     /// the cached keys are gone), then persisted.
     async fn mark_inaccessible(&self, h: &Handle, reason: &str) -> Result<(), Error> {
         let now = self.now();
-        let (id, from) = {
+        let (id, from, key) = {
             let mut live = write(h);
             live.cache = [None, None, None];
             let from = live.record.state.kind();
@@ -582,7 +586,7 @@ impl AccountManager {
                 reason: reason.to_owned(),
                 since: now,
             };
-            (live.record.id.clone(), from)
+            (live.record.id.clone(), from, Self::record_key(&live.record))
         };
         let reason = reason.to_owned();
         self.commit(h, |r| {
@@ -598,7 +602,7 @@ impl AccountManager {
         self.emit(
             &id,
             None,
-            None,
+            key,
             AuditAction::StateChange {
                 from: from.to_string(),
                 to: StateKind::KeyInaccessible.to_string(),
@@ -1019,7 +1023,7 @@ impl AccountManager {
             self.emit(
                 &rec.id,
                 None,
-                None,
+                Self::record_key(&updated),
                 AuditAction::StateChange {
                     from: prior_state.to_string(),
                     to: StateKind::Active.to_string(),
@@ -1104,7 +1108,7 @@ impl AccountManager {
             self.emit(
                 id,
                 None,
-                None,
+                Self::record_key(&rec),
                 AuditAction::StateChange {
                     from: before.to_string(),
                     to: StateKind::Active.to_string(),
@@ -1181,7 +1185,7 @@ impl AccountManager {
     pub async fn delete_account(&self, id: &AccountId) -> Result<(), Error> {
         let h = self.handle(id).await?;
         let now = self.now();
-        let from = {
+        let (from, key) = {
             let mut live = write(&h);
             live.cache = [None, None, None];
             let from = live.record.state.kind();
@@ -1189,7 +1193,7 @@ impl AccountManager {
                 return Err(Error::AccountNotFound(id.to_string()));
             }
             live.record.state = AccountState::Deleted { at: now };
-            from
+            (from, Self::record_key(&live.record))
         };
         self.commit(&h, |r| {
             r.state = AccountState::Deleted { at: now };
@@ -1202,14 +1206,14 @@ impl AccountManager {
         self.emit(
             id,
             None,
-            None,
+            key.clone(),
             AuditAction::StateChange {
                 from: from.to_string(),
                 to: StateKind::Deleted.to_string(),
             },
             AuditOutcome::Success,
         );
-        self.emit(id, None, None, AuditAction::Deleted, AuditOutcome::Success);
+        self.emit(id, None, key, AuditAction::Deleted, AuditOutcome::Success);
         Ok(())
     }
 
