@@ -340,5 +340,5 @@ async fn video_analyzer_rules() {
 }
 
 mod futures_like {
-    pub type BoxFut<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+    pub(crate) type BoxFut<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
 }

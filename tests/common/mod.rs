@@ -1,7 +1,7 @@
 //! A small world for account tests: a tenant's vault, the service's platform and
 //! infrastructure keys, a directory that reaches the vault, a manual clock, an audit sink, and
 //! a fault injector around the service identity's provider (to count and cut calls).
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
 
