@@ -57,7 +57,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             sum = sum.wrapping_add(buf[..n].iter().map(|&b| u64::from(b)).sum::<u64>());
             len += n as u64;
         }
-        let sent = writer.join().map_err(|_| io::Error::other("sealer panicked"))??;
+        let sent = writer
+            .join()
+            .map_err(|_| io::Error::other("sealer panicked"))??;
         Ok((sent, sum, len))
     })?;
     let secs = started.elapsed().as_secs_f64();

@@ -7,6 +7,8 @@
 //! Keys: account `acct-golden`; account key `ak-golden` version 1 = 32 × 0x11; layer-2 key
 //! `infra-golden` version 7 = 32 × 0x22; context `golden` (the fuzz targets use the same).
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Read;
 use std::path::PathBuf;
 

@@ -1,5 +1,7 @@
 //! Envelope behaviour: one-shot, streaming and ranged opens agree; inspection; sealed fields.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 
 use byok::{AccountKey, AesKey, Envelope, Error, FormatError, PreparedKey};

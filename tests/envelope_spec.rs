@@ -2,6 +2,8 @@
 //! directly (not through byok), run on the golden files: the specification and the
 //! implementation agree byte for byte.
 
+#![allow(clippy::unwrap_used)]
+
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use aes_kw::KwAes256;
@@ -23,7 +25,9 @@ fn layer(h: &[u8], at: &mut usize, kek: &[u8; 32], l: u8) -> ([u8; 32], [u8; 7])
     let commitment = &h[*at + 40..*at + 72];
     *at += 72;
     let mut dk = [0u8; 32];
-    KwAes256::new(kek.into()).unwrap_key(wrapped, &mut dk).unwrap();
+    KwAes256::new(kek.into())
+        .unwrap_key(wrapped, &mut dk)
+        .unwrap();
     let mut c = [0u8; 32];
     hkdf::Hkdf::<Sha256>::from_prk(&dk)
         .unwrap()
@@ -82,7 +86,10 @@ fn golden_files_open_with_an_independent_reader() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let expect = |n: usize| (0..n).map(|i| (i * 31 + 7) as u8).collect::<Vec<u8>>();
     let cases: [(&str, Vec<u8>); 5] = [
-        ("envelope_v1_small.bin", b"The quick brown fox jumps over the lazy dog.".to_vec()),
+        (
+            "envelope_v1_small.bin",
+            b"The quick brown fox jumps over the lazy dog.".to_vec(),
+        ),
         ("envelope_v1_large.bin", expect(3 * 1024 + 500)),
         ("envelope_v1_empty.bin", Vec::new()),
         ("envelope_v1_double.bin", expect(2 * 1024 + 100)),
@@ -108,7 +115,10 @@ fn golden_files_open_with_an_independent_reader() {
     let value = Aes256Gcm::new(&fk.into())
         .decrypt(
             &aes_gcm::Nonce::<aes_gcm::aead::consts::U12>::try_from(&sealed[5..17]).unwrap(),
-            Payload { msg: &sealed[17..], aad: &aad },
+            Payload {
+                msg: &sealed[17..],
+                aad: &aad,
+            },
         )
         .unwrap();
     assert!(value.starts_with(br#"{"tokenValidationKey""#));

@@ -2,6 +2,8 @@
 //! appending, header swaps and layer stripping all give the one opaque decryption error —
 //! never a panic, never partial plaintext.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Read;
 
 use byok::{AccountKey, AesKey, Envelope, Error, PreparedKey};

@@ -129,10 +129,10 @@ pub(crate) fn parse_fixed(bytes: &[u8]) -> Result<Fixed, FormatError> {
         return Err(FormatError::BadMagic);
     }
     let Some(fixed) = bytes.get(..FIXED_LEN) else {
-        if let Some(&v) = bytes.get(4) {
-            if v != VERSION_1 {
-                return Err(FormatError::UnknownVersion(v));
-            }
+        if let Some(&v) = bytes.get(4)
+            && v != VERSION_1
+        {
+            return Err(FormatError::UnknownVersion(v));
         }
         return Err(FormatError::Truncated);
     };

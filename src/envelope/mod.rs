@@ -15,6 +15,7 @@ pub mod fuzzing;
 mod keys;
 mod stream;
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
