@@ -36,7 +36,7 @@ pub(crate) const COMMIT_LEN: usize = 32;
 /// Longest account id or key id, in bytes.
 pub(crate) const MAX_ID_LEN: usize = 255;
 /// Per layer: id length byte, key version, wrapped key, commitment (plus the id itself).
-const LAYER_FIXED_LEN: usize = 1 + 4 + WRAPPED_LEN + COMMIT_LEN;
+pub(crate) const LAYER_FIXED_LEN: usize = 1 + 4 + WRAPPED_LEN + COMMIT_LEN;
 /// The shortest possible header: one-byte account id and key id, one layer.
 pub(crate) const MIN_HEADER_LEN: usize = FIXED_LEN + 1 + 1 + LAYER_FIXED_LEN + 1;
 
@@ -129,10 +129,10 @@ pub(crate) fn parse_fixed(bytes: &[u8]) -> Result<Fixed, FormatError> {
         return Err(FormatError::BadMagic);
     }
     let Some(fixed) = bytes.get(..FIXED_LEN) else {
-        if let Some(&v) = bytes.get(4) {
-            if v != VERSION_1 {
-                return Err(FormatError::UnknownVersion(v));
-            }
+        if let Some(&v) = bytes.get(4)
+            && v != VERSION_1
+        {
+            return Err(FormatError::UnknownVersion(v));
         }
         return Err(FormatError::Truncated);
     };

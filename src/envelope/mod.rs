@@ -15,6 +15,7 @@ pub mod fuzzing;
 mod keys;
 mod stream;
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -28,7 +29,11 @@ pub use stream::{OpenReader, SealWriter};
 use format::{DEFAULT_CHUNK_EXP, Header, LayerFields, MAX_CHUNK_EXP, MIN_CHUNK_EXP};
 use stream::{Ciphers, LayerCipher, io_err, read_exact_or, read_header};
 
+use zeroize::Zeroizing;
+
+use crate::crypto::fill_random;
 use crate::error::Error;
+use crate::secret::AesKey;
 
 /// Seals and opens objects for one account: the account key (layer 1), optionally an
 /// independent infrastructure account key (layer 2, double encryption), and the chunk size.
@@ -138,9 +143,28 @@ impl<'k> Envelope<'k> {
         1 << self.chunk_exp
     }
 
+    /// The length of the headers this envelope writes.
+    fn header_len(&self) -> usize {
+        let layer = |k: &PreparedKey| format::LAYER_FIXED_LEN + k.key_id().len();
+        format::FIXED_LEN
+            + 1
+            + self.layer1.account_id().len()
+            + layer(self.layer1)
+            + self.layer2.map_or(0, layer)
+    }
+
     /// Fresh data keys for a new object, and its header (appended to `out`).
     fn begin(&self, context: &[u8], out: &mut Vec<u8>) -> Ciphers {
-        let (l1, w1, c1) = LayerCipher::generate(self.layer1, 1, context);
+        // One call to the CSPRNG per object, for both layers' data keys.
+        let mut dks = Zeroizing::new([0u8; 64]);
+        let n = if self.layer2.is_some() { 64 } else { 32 };
+        fill_random(&mut dks[..n]);
+        let [dk1, dk2] = [&dks[..32], &dks[32..]].map(|b| {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(b);
+            AesKey::from_bytes(a)
+        });
+        let (l1, w1, c1) = LayerCipher::generate(self.layer1, &dk1, 1, context);
         let f1 = LayerFields {
             key_id: self.layer1.key_id(),
             key_version: self.layer1.key_version(),
@@ -153,7 +177,7 @@ impl<'k> Envelope<'k> {
                 Ciphers { l1, l2: None }
             }
             Some(k2) => {
-                let (l2, w2, c2) = LayerCipher::generate(k2, 2, context);
+                let (l2, w2, c2) = LayerCipher::generate(k2, &dk2, 2, context);
                 let f2 = LayerFields {
                     key_id: k2.key_id(),
                     key_version: k2.key_version(),
@@ -186,12 +210,9 @@ impl<'k> Envelope<'k> {
             ));
         }
         let tags = if self.layer2.is_some() { 32 } else { 16 };
-        let mut out = Vec::with_capacity(format::MAX_HEADER_LEN + plaintext.len() + chunks * tags);
+        let mut out = Vec::with_capacity(self.header_len() + plaintext.len() + chunks * tags);
         let ciphers = self.begin(context, &mut out);
-        let mut aad = [0u8; format::MAX_HEADER_LEN];
         let h = out.len();
-        aad[..h].copy_from_slice(&out);
-        let aad = &aad[..h];
         let mut index = 0u32;
         let mut rest = plaintext;
         loop {
@@ -199,7 +220,7 @@ impl<'k> Envelope<'k> {
             let last = n == rest.len();
             let start = out.len();
             out.extend_from_slice(&rest[..n]);
-            ciphers.seal_chunk(index, last, aad, &mut out, start);
+            ciphers.seal_chunk(index, last, &mut out, h, start);
             if last {
                 break;
             }
@@ -247,7 +268,7 @@ impl<'k> Envelope<'k> {
     /// # Errors
     /// Any error of `inner` while writing the header.
     pub fn seal_writer<W: Write>(&self, context: &[u8], inner: W) -> io::Result<SealWriter<W>> {
-        let mut header = Vec::with_capacity(format::MAX_HEADER_LEN);
+        let mut header = Vec::with_capacity(self.header_len());
         let ciphers = self.begin(context, &mut header);
         SealWriter::start(inner, header, ciphers, self.chunk_size())
     }

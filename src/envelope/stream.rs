@@ -22,19 +22,20 @@ pub(crate) const PREFIX_LEN: usize = 7;
 /// HKDF-Expand info label for the commitment and nonce prefix.
 const KDF_LABEL: &[u8] = b"byok envelope v1";
 
-/// Derives the key commitment and the nonce prefix of one layer from its data key, in one
-/// HKDF-Expand of 39 bytes. The caller's context is part of the info, so it is bound too.
+/// Derives one layer's key commitment from its data key with a single HKDF-Expand block
+/// (HKDF-SHA-256 with the data key as PRK: it is a fresh uniformly random key, so the extract
+/// step is skipped, RFC 5869 §3.3). The caller's context is part of the info, so it is bound
+/// too. The chunk-nonce prefix is the commitment's first 7 bytes: nonces need to be unique
+/// per data key, not secret, and every object has its own data key.
 fn derive(dk: &AesKey, layer: u8, context: &[u8]) -> ([u8; COMMIT_LEN], [u8; PREFIX_LEN]) {
-    let mut okm = [0u8; COMMIT_LEN + PREFIX_LEN];
+    let mut commitment = [0u8; COMMIT_LEN];
     hkdf_expand_sha256(
         dk.expose_secret(),
         &[KDF_LABEL, &[layer], context],
-        &mut okm,
+        &mut commitment,
     );
-    let mut commitment = [0u8; COMMIT_LEN];
     let mut prefix = [0u8; PREFIX_LEN];
-    commitment.copy_from_slice(&okm[..COMMIT_LEN]);
-    prefix.copy_from_slice(&okm[COMMIT_LEN..]);
+    prefix.copy_from_slice(&commitment[..PREFIX_LEN]);
     (commitment, prefix)
 }
 
@@ -53,17 +54,17 @@ impl LayerCipher {
         n
     }
 
-    /// A fresh data key for a new object: returns the cipher, the wrapped data key and the
-    /// commitment to put in the header.
+    /// A new object's layer under the fresh data key `dk`: returns the cipher, the wrapped
+    /// data key and the commitment to put in the header.
     pub(crate) fn generate(
         key: &PreparedKey,
+        dk: &AesKey,
         layer: u8,
         context: &[u8],
     ) -> (Self, [u8; WRAPPED_LEN], [u8; COMMIT_LEN]) {
-        let dk = AesKey::generate();
         let wrapped = key.kek.wrap_32(dk.expose_secret());
-        let (commitment, prefix) = derive(&dk, layer, context);
-        let gcm = Gcm::new(&dk);
+        let (commitment, prefix) = derive(dk, layer, context);
+        let gcm = Gcm::new(dk);
         (Self { gcm, prefix }, wrapped, commitment)
     }
 
@@ -127,20 +128,29 @@ impl Ciphers {
     }
 
     /// Seals the plaintext in `buf[start..]` in place as chunk `index` and appends its tags.
+    /// The associated data is `buf[..aad_len]` (the header, kept in front of the chunk).
     pub(crate) fn seal_chunk(
         &self,
         index: u32,
         last: bool,
-        aad: &[u8],
         buf: &mut Vec<u8>,
+        aad_len: usize,
         start: usize,
     ) {
+        debug_assert!(aad_len <= start);
+        let (aad, body) = buf.split_at_mut(aad_len);
         let nonce = self.l1.nonce(index, last);
-        let tag = self.l1.gcm.seal_in_place(&nonce, aad, &mut buf[start..]);
+        let tag = self
+            .l1
+            .gcm
+            .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
         buf.extend_from_slice(&tag);
         if let Some(l2) = &self.l2 {
+            let (aad, body) = buf.split_at_mut(aad_len);
             let nonce = l2.nonce(index, last);
-            let tag = l2.gcm.seal_in_place(&nonce, aad, &mut buf[start..]);
+            let tag = l2
+                .gcm
+                .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
             buf.extend_from_slice(&tag);
         }
     }
@@ -221,10 +231,11 @@ pub(crate) fn read_exact_or<R: Read>(r: &mut R, buf: &mut [u8], eof: Error) -> i
 /// [`Write::flush`] flushes the inner writer but cannot emit a partial chunk.
 pub struct SealWriter<W: Write> {
     inner: W,
-    header: Vec<u8>,
+    /// The header, followed by the chunk being filled.
+    buf: Vec<u8>,
+    header_len: usize,
     ciphers: Ciphers,
     chunk_size: usize,
-    buf: Vec<u8>,
     index: u64,
     poisoned: bool,
 }
@@ -232,18 +243,19 @@ pub struct SealWriter<W: Write> {
 impl<W: Write> SealWriter<W> {
     pub(crate) fn start(
         mut inner: W,
-        header: Vec<u8>,
+        mut buf: Vec<u8>,
         ciphers: Ciphers,
         chunk_size: usize,
     ) -> io::Result<Self> {
-        inner.write_all(&header)?;
-        let buf = Vec::with_capacity(chunk_size + ciphers.overhead());
+        inner.write_all(&buf)?;
+        let header_len = buf.len();
+        buf.reserve_exact(chunk_size + ciphers.overhead());
         Ok(Self {
             inner,
-            header,
+            buf,
+            header_len,
             ciphers,
             chunk_size,
-            buf,
             index: 0,
             poisoned: false,
         })
@@ -261,10 +273,10 @@ impl<W: Write> SealWriter<W> {
             ))
         })?;
         self.poisoned = true;
-        self.ciphers
-            .seal_chunk(index, last, &self.header, &mut self.buf, 0);
-        self.inner.write_all(&self.buf)?;
-        self.buf.clear();
+        let h = self.header_len;
+        self.ciphers.seal_chunk(index, last, &mut self.buf, h, h);
+        self.inner.write_all(&self.buf[h..])?;
+        self.buf.truncate(h);
         self.index += 1;
         self.poisoned = false;
         Ok(())
@@ -288,10 +300,11 @@ impl<W: Write> Write for SealWriter<W> {
         while !rest.is_empty() {
             // A full chunk is only sealed once more data arrives: until then it may be the
             // last one.
-            if self.buf.len() == self.chunk_size {
+            let filled = self.buf.len() - self.header_len;
+            if filled == self.chunk_size {
                 self.emit(false)?;
             }
-            let n = (self.chunk_size - self.buf.len()).min(rest.len());
+            let n = (self.chunk_size - (self.buf.len() - self.header_len)).min(rest.len());
             self.buf.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
         }
