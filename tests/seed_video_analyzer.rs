@@ -234,49 +234,44 @@ async fn video_analyzer_rules() {
     // "If the customer key becomes inaccessible (the key has been deleted, the Key Vault has
     // been deleted or the access grant has been removed), Video Analyzer will transition the
     // account to the Customer Key Inaccessible State (effectively disabling the account)."
-    let causes: [(&str, Box<dyn Fn(&World) -> futures_like::BoxFut<'_>>); 3] = [
+    type Step = for<'a> fn(&'a World) -> futures_like::BoxFut<'a>;
+    let causes: [(&str, Step, Step); 3] = [
         (
             "key deleted",
-            Box::new(|w| {
-                Box::pin(async move { w.vault.delete_key("va-cmk").await.expect("delete") })
-            }),
+            |w| Box::pin(async move { w.vault.delete_key("va-cmk").await.expect("delete") }),
+            |w| Box::pin(async move { w.vault.recover_key("va-cmk").await.expect("recover") }),
         ),
         (
             "grant removed",
-            Box::new(|w| {
+            |w| {
                 Box::pin(async move {
                     w.vault
                         .set_access(&w.identity, Permissions::NONE)
                         .await
                         .expect("ungrant")
                 })
-            }),
+            },
+            |w| {
+                Box::pin(async move {
+                    w.vault
+                        .set_access(&w.identity, Permissions::CMK)
+                        .await
+                        .expect("grant")
+                })
+            },
         ),
         (
             "vault deleted",
-            Box::new(|w| Box::pin(async move { w.directory.remove_vault(HOST) })),
+            |w| Box::pin(async move { w.directory.remove_vault(HOST) }),
+            |w| {
+                Box::pin(async move {
+                    w.directory
+                        .add_vault(HOST, std::sync::Arc::new(w.vault.clone()))
+                })
+            },
         ),
     ];
-    let restores: [Box<dyn Fn(&World) -> futures_like::BoxFut<'_>>; 3] = [
-        Box::new(|w| {
-            Box::pin(async move { w.vault.recover_key("va-cmk").await.expect("recover") })
-        }),
-        Box::new(|w| {
-            Box::pin(async move {
-                w.vault
-                    .set_access(&w.identity, Permissions::CMK)
-                    .await
-                    .expect("grant")
-            })
-        }),
-        Box::new(|w| {
-            Box::pin(async move {
-                w.directory
-                    .add_vault(HOST, std::sync::Arc::new(w.vault.clone()))
-            })
-        }),
-    ];
-    for ((cause, revoke), restore) in causes.iter().zip(restores.iter()) {
+    for (cause, revoke, restore) in causes {
         revoke(&w).await;
         let entries = w.manager.monitor().await.expect("monitor");
         let e = entries.iter().find(|e| e.account == id).expect("entry");
