@@ -22,6 +22,8 @@ pub use crate::provider::{
     Permissions, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
 };
 pub use crate::secret::{AES_256_KEY_LEN, AesKey, SecretBytes, SecretString};
+#[cfg(feature = "transit")]
+pub use crate::provider::transit::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider};
 
 /// The provider conformance suite (feature `testing`): run it against your own
 /// [`KeyProvider`] + [`VaultAdmin`] to check it behaves like every bundled provider.
