@@ -339,10 +339,14 @@ impl TransitProvider {
 
     /// `GET <mount>/keys/<name>`: the key's description.
     async fn read_key(&self, name: &str) -> Result<KeyData, ProviderError> {
+        self.read_key_with(name, true).await
+    }
+
+    async fn read_key_with(&self, name: &str, retry: bool) -> Result<KeyData, ProviderError> {
         check_name(name)?;
         let path = self.conn.mount_path(&format!("keys/{name}"));
         self.conn
-            .call(&self.token, Method::GET, &path, None, Op::Key, true)
+            .call(&self.token, Method::GET, &path, None, Op::Key, retry)
             .await
             .map_err(|e| name_not_found(e, name))?
             .data("GET key")
@@ -439,6 +443,15 @@ fn shape_fits(alg: WrapAlgorithm, raw: &[u8], len: usize, rsa_bytes: Option<usiz
         (WrapAlgorithm::A256Kw, _) => raw.len() == 12 + len + 16,
         (_, Some(n)) => raw.len() == n,
         (_, None) => matches!(raw.len(), 256 | 384 | 512),
+    }
+}
+
+/// Whether a stored blob can have come from `alg` with any Transit key: a whole RSA block
+/// (2048, 3072 or 4096 bits), or at least AES-GCM's nonce and tag.
+fn shape_fits_any(alg: WrapAlgorithm, raw: &[u8]) -> bool {
+    match alg {
+        WrapAlgorithm::A256Kw => raw.len() > 12 + 16,
+        _ => matches!(raw.len(), 256 | 384 | 512),
     }
 }
 
@@ -584,26 +597,42 @@ impl KeyProvider for TransitProvider {
                 "the wrapped key did not unwrap (empty)",
             ));
         }
-        let body = format!(
-            r#"{{"ciphertext":"{}"}}"#,
-            wire::format_ciphertext(v, &wrapped.ciphertext)
-        );
-        let path = self.conn.mount_path(&format!("decrypt/{name}"));
-        let r = self
-            .conn
-            .call(&self.token, Method::POST, &path, Some(body), Op::Decrypt, true)
-            .await;
+        // The algorithm is not sent to Transit (the key's type decides), so a blob whose shape
+        // cannot come from `algorithm` is refused here rather than decrypted as something else.
+        let r = if shape_fits_any(wrapped.algorithm, &wrapped.ciphertext) {
+            let body = format!(
+                r#"{{"ciphertext":"{}"}}"#,
+                wire::format_ciphertext(v, &wrapped.ciphertext)
+            );
+            let path = self.conn.mount_path(&format!("decrypt/{name}"));
+            self.conn
+                .call(&self.token, Method::POST, &path, Some(body), Op::Decrypt, true)
+                .await
+        } else {
+            Err(ProviderError::new(
+                K::UnwrapFailed,
+                format!(
+                    "the wrapped key did not unwrap ({} bytes cannot be {})",
+                    wrapped.ciphertext.len(),
+                    wrapped.algorithm
+                ),
+            ))
+        };
         let ans = match r {
             Ok(a) => a,
             Err(e) if e.kind() == K::UnwrapFailed => {
-                // A blob under a key of another type also fails to decrypt; say so when the
-                // key can be read.
-                if let Ok(k) = self.read_key(name).await {
+                // A blob under a key of another type fails too; say so when the key can be
+                // read (one attempt, no retry: this only refines the error).
+                if let Ok(k) = self.read_key_with(name, false).await {
                     if let Ok(kind) = k.kind(name) {
                         if !kind.fits(wrapped.algorithm) {
                             return Err(ProviderError::new(
                                 K::WrongKeyType,
-                                format!("a {} key ({name}) cannot {}", kind.key_type(), wrapped.algorithm),
+                                format!(
+                                    "a {} key ({name}) cannot {}",
+                                    kind.key_type(),
+                                    wrapped.algorithm
+                                ),
                             ));
                         }
                     }
