@@ -17,13 +17,13 @@ pub use crate::error::{Error, ProviderError, ProviderErrorKind};
 pub use crate::key_id::KeyId;
 pub use crate::provider::fault::{FaultInjector, ProviderOp};
 pub use crate::provider::memory::{InMemoryProvider, InMemoryVault};
+#[cfg(feature = "transit")]
+pub use crate::provider::transit::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider};
 pub use crate::provider::{
     AdminCapabilities, Identity, KeyOperation, KeyProperties, KeyProvider, KeySpec, KeyType,
     Permissions, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
 };
 pub use crate::secret::{AES_256_KEY_LEN, AesKey, SecretBytes, SecretString};
-#[cfg(feature = "transit")]
-pub use crate::provider::transit::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider};
 
 /// The provider conformance suite (feature `testing`): run it against your own
 /// [`KeyProvider`] + [`VaultAdmin`] to check it behaves like every bundled provider.

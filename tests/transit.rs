@@ -107,7 +107,10 @@ async fn revoked_token_is_forbidden_and_the_token_never_leaks() {
         .wrap_key(&a, None, WrapAlgorithm::RsaOaep256, &SECRET)
         .await
         .expect("wrap a");
-    assert_eq!(p.unwrap_key(&w).await.expect("unwrap").expose_secret(), SECRET);
+    assert_eq!(
+        p.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        SECRET
+    );
     // Scoped to one key: the other one is forbidden.
     let e = p.key_properties(&b, None).await.expect_err("b is not ours");
     assert_eq!(e.kind(), K::Forbidden, "{e}");
@@ -130,7 +133,9 @@ async fn revoked_token_is_forbidden_and_the_token_never_leaks() {
     let started = Instant::now();
     for e in [
         p.unwrap_key(&w).await.expect_err("unwrap after revoke"),
-        p.key_properties(&a, None).await.expect_err("get after revoke"),
+        p.key_properties(&a, None)
+            .await
+            .expect_err("get after revoke"),
         p.wrap_key(&a, None, WrapAlgorithm::RsaOaep256, &SECRET)
             .await
             .expect_err("wrap after revoke"),
@@ -151,9 +156,15 @@ async fn soft_deleted_key_is_definitive_and_recoverable() {
     let s = shared();
     let admin = admin(s);
     let name = unique("soft");
-    admin.create_key(&name, KeySpec::Rsa(2048)).await.expect("create");
+    admin
+        .create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
     let who = Identity::new(unique("soft-app"));
-    admin.set_access(&who, Permissions::CMK).await.expect("access");
+    admin
+        .set_access(&who, Permissions::CMK)
+        .await
+        .expect("access");
     let p = admin.provider_for(&who).await.expect("provider");
     let w = p
         .wrap_key(&name, None, WrapAlgorithm::RsaOaep256, &SECRET)
@@ -162,7 +173,10 @@ async fn soft_deleted_key_is_definitive_and_recoverable() {
     admin.delete_key(&name).await.expect("soft-delete");
     let e = p.unwrap_key(&w).await.expect_err("unwrap");
     assert_eq!(e.kind(), K::KeyDeleted, "{e}");
-    assert!(e.is_definitive() && e.message().contains("soft-deleted"), "{e}");
+    assert!(
+        e.is_definitive() && e.message().contains("soft-deleted"),
+        "{e}"
+    );
     let e = p.key_properties(&name, None).await.expect_err("get");
     assert_eq!(e.kind(), K::KeyDeleted, "{e}");
     let e = p
@@ -175,8 +189,14 @@ async fn soft_deleted_key_is_definitive_and_recoverable() {
     let e = admin.delete_key(&name).await.expect_err("delete twice");
     assert_eq!(e.kind(), K::KeyDeleted, "{e}");
     admin.recover_key(&name).await.expect("recover");
-    assert_eq!(p.unwrap_key(&w).await.expect("unwrap").expose_secret(), SECRET);
-    let e = admin.recover_key(&name).await.expect_err("recover a live key");
+    assert_eq!(
+        p.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        SECRET
+    );
+    let e = admin
+        .recover_key(&name)
+        .await
+        .expect_err("recover a live key");
     assert_eq!(e.kind(), K::KeyNotFound, "{e}");
     let e = admin.purge_key(&name).await.expect_err("purge a live key");
     assert_eq!(e.kind(), K::KeyNotFound, "{e}");
@@ -184,10 +204,16 @@ async fn soft_deleted_key_is_definitive_and_recoverable() {
     // HashiCorp Vault mode (no soft-delete): delete is permanent.
     let hard = TransitAdmin::new(root_config(s).soft_delete(false)).expect("admin");
     assert!(!hard.capabilities().soft_delete);
-    let props = hard.owner_provider().vault_properties().await.expect("props");
+    let props = hard
+        .owner_provider()
+        .vault_properties()
+        .await
+        .expect("props");
     assert!(!props.soft_delete && !props.purge_protection);
     let gone = unique("hard");
-    hard.create_key(&gone, KeySpec::Rsa(2048)).await.expect("create");
+    hard.create_key(&gone, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
     let owner = hard.owner_provider();
     let w = owner
         .wrap_key(&gone, None, WrapAlgorithm::RsaOaep256, &SECRET)
@@ -206,7 +232,10 @@ async fn disabling_the_oldest_versions_moves_min_decryption_version() {
     let admin = admin(s);
     let p = admin.owner_provider();
     let name = unique("mindec");
-    admin.create_key(&name, KeySpec::Rsa(2048)).await.expect("create");
+    admin
+        .create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
     let w1 = p
         .wrap_key(&name, None, WrapAlgorithm::RsaOaep256, &SECRET)
         .await
@@ -214,12 +243,18 @@ async fn disabling_the_oldest_versions_moves_min_decryption_version() {
     assert_eq!(w1.key_version, "1");
     assert_eq!(w1.ciphertext.len(), 256, "raw RSA-2048 block");
     // The only version cannot be disabled on Transit.
-    let e = admin.set_enabled(&name, "1", false).await.expect_err("only version");
+    let e = admin
+        .set_enabled(&name, "1", false)
+        .await
+        .expect_err("only version");
     assert_eq!(e.kind(), K::Unsupported, "{e}");
     admin.rotate_key(&name).await.expect("rotate");
     admin.rotate_key(&name).await.expect("rotate");
 
-    admin.set_enabled(&name, "1", false).await.expect("disable v1");
+    admin
+        .set_enabled(&name, "1", false)
+        .await
+        .expect("disable v1");
     let e = p.unwrap_key(&w1).await.expect_err("unwrap v1");
     assert_eq!(e.kind(), K::KeyDisabled, "{e}");
     assert!(e.message().contains("too old"), "{e}");
@@ -241,15 +276,36 @@ async fn disabling_the_oldest_versions_moves_min_decryption_version() {
         [("1", false), ("2", true), ("3", true)]
     );
     // Not expressible: the latest, a middle version, re-enabling past a disabled one.
-    let e = admin.set_enabled(&name, "3", false).await.expect_err("latest");
+    let e = admin
+        .set_enabled(&name, "3", false)
+        .await
+        .expect_err("latest");
     assert_eq!(e.kind(), K::Unsupported, "{e}");
-    admin.set_enabled(&name, "2", false).await.expect("disable v2");
-    let e = admin.set_enabled(&name, "1", true).await.expect_err("v1 before v2");
+    admin
+        .set_enabled(&name, "2", false)
+        .await
+        .expect("disable v2");
+    let e = admin
+        .set_enabled(&name, "1", true)
+        .await
+        .expect_err("v1 before v2");
     assert_eq!(e.kind(), K::Unsupported, "{e}");
-    admin.set_enabled(&name, "2", true).await.expect("enable v2");
-    admin.set_enabled(&name, "1", true).await.expect("enable v1");
-    assert_eq!(p.unwrap_key(&w1).await.expect("unwrap").expose_secret(), SECRET);
-    let e = admin.set_enabled(&name, "4", false).await.expect_err("no v4");
+    admin
+        .set_enabled(&name, "2", true)
+        .await
+        .expect("enable v2");
+    admin
+        .set_enabled(&name, "1", true)
+        .await
+        .expect("enable v1");
+    assert_eq!(
+        p.unwrap_key(&w1).await.expect("unwrap").expose_secret(),
+        SECRET
+    );
+    let e = admin
+        .set_enabled(&name, "4", false)
+        .await
+        .expect_err("no v4");
     assert_eq!(e.kind(), K::KeyNotFound, "{e}");
 }
 
@@ -259,7 +315,10 @@ async fn local_wrap_with_the_public_key_unwraps_on_the_server() {
     let admin = admin(s);
     let p = admin.owner_provider();
     let name = unique("local");
-    admin.create_key(&name, KeySpec::Rsa(2048)).await.expect("create");
+    admin
+        .create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
     admin.rotate_key(&name).await.expect("rotate");
     for version in ["1", "2"] {
         let props = p.key_properties(&name, Some(version)).await.expect("props");
@@ -298,12 +357,21 @@ async fn wrap_never_auto_creates_and_checks_types() {
         .await
         .expect_err("missing key");
     assert_eq!(e.kind(), K::KeyNotFound, "{e}");
-    let e = p.key_properties(&missing, None).await.expect_err("still missing");
+    let e = p
+        .key_properties(&missing, None)
+        .await
+        .expect_err("still missing");
     assert_eq!(e.kind(), K::KeyNotFound, "no key was created: {e}");
 
     let rsa = unique("rsa");
-    admin.create_key(&rsa, KeySpec::Rsa(2048)).await.expect("rsa");
-    let e = admin.create_key(&rsa, KeySpec::Aes256).await.expect_err("taken");
+    admin
+        .create_key(&rsa, KeySpec::Rsa(2048))
+        .await
+        .expect("rsa");
+    let e = admin
+        .create_key(&rsa, KeySpec::Aes256)
+        .await
+        .expect_err("taken");
     assert_eq!(e.kind(), K::Conflict, "{e}");
     let e = p
         .wrap_key(&rsa, None, WrapAlgorithm::RsaOaep, &SECRET)
@@ -330,7 +398,10 @@ async fn wrap_never_auto_creates_and_checks_types() {
         .await
         .expect("A256KW via Transit");
     assert_eq!(w.ciphertext.len(), 12 + 32 + 16, "nonce | ciphertext | tag");
-    assert_eq!(p.unwrap_key(&w).await.expect("unwrap").expose_secret(), SECRET);
+    assert_eq!(
+        p.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        SECRET
+    );
     let e = p
         .wrap_key(&aes, None, WrapAlgorithm::RsaOaep256, &SECRET)
         .await
@@ -357,7 +428,10 @@ async fn wrap_never_auto_creates_and_checks_types() {
 
     // A mount that does not exist is a missing vault.
     let nowhere = TransitProvider::new(root_config(s).mount("no-such-mount")).expect("p");
-    let e = nowhere.key_properties("k", None).await.expect_err("no mount");
+    let e = nowhere
+        .key_properties("k", None)
+        .await
+        .expect_err("no mount");
     assert_eq!(e.kind(), K::VaultNotFound, "{e}");
 }
 
@@ -366,7 +440,10 @@ async fn server_stopped_mid_test_is_transient_with_bounded_retries() {
     let server = Server::start("stopped", false);
     let admin = admin(&server);
     let name = unique("outage");
-    admin.create_key(&name, KeySpec::Rsa(2048)).await.expect("create");
+    admin
+        .create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
     let p = TransitProvider::new(root_config(&server).retry(RetryPolicy::new(
         2,
         Duration::from_millis(100),
@@ -428,7 +505,12 @@ async fn only_transient_answers_are_retried_and_timeouts_are_bounded() {
     };
     let retry = RetryPolicy::new(3, Duration::from_millis(10), Duration::from_millis(20));
     for (status, body, kind, attempts) in [
-        (429, r#"{"errors":["rate limit quota exceeded"]}"#, K::Throttled, 4),
+        (
+            429,
+            r#"{"errors":["rate limit quota exceeded"]}"#,
+            K::Throttled,
+            4,
+        ),
         (503, r#"{"errors":["Vault is sealed"]}"#, K::Unavailable, 4),
         (403, r#"{"errors":["permission denied"]}"#, K::Forbidden, 1),
         (
@@ -437,7 +519,12 @@ async fn only_transient_answers_are_retried_and_timeouts_are_bounded() {
             K::UnwrapFailed,
             1,
         ),
-        (400, r#"{"errors":["refusing to use soft-deleted key"]}"#, K::KeyDeleted, 1),
+        (
+            400,
+            r#"{"errors":["refusing to use soft-deleted key"]}"#,
+            K::KeyDeleted,
+            1,
+        ),
     ] {
         let (addr, hits) = canned(status, body);
         let p = TransitProvider::new(
@@ -456,35 +543,53 @@ async fn only_transient_answers_are_retried_and_timeouts_are_bounded() {
     let p = TransitProvider::new(
         TransitConfig::new(&addr, SecretString::new("t"))
             .request_timeout(Duration::from_millis(200))
-            .retry(RetryPolicy::new(1, Duration::from_millis(10), Duration::from_millis(10))),
+            .retry(RetryPolicy::new(
+                1,
+                Duration::from_millis(10),
+                Duration::from_millis(10),
+            )),
     )
     .expect("provider");
     let started = Instant::now();
     let e = p.unwrap_key(&blob).await.expect_err("timeout");
     assert_eq!(e.kind(), K::Timeout, "{e}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     drop(black_hole);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_the_dev_ca_connects_and_without_it_fails_clearly() {
     let server = Server::start("tls", true);
-    assert!(server.addr.starts_with("https://127.0.0.1:"), "{}", server.addr);
+    assert!(
+        server.addr.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.addr
+    );
     let ca = server.ca_pem.clone().expect("the dev server writes its CA");
-    let admin = TransitAdmin::new(root_config(&server).ca_pem(&ca).built_in_roots(false))
-        .expect("admin");
+    let admin =
+        TransitAdmin::new(root_config(&server).ca_pem(&ca).built_in_roots(false)).expect("admin");
     let name = unique("tls");
-    admin.create_key(&name, KeySpec::Rsa(2048)).await.expect("create over TLS");
+    admin
+        .create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create over TLS");
     let p = admin.owner_provider();
     let w = p
         .wrap_key(&name, None, WrapAlgorithm::RsaOaep256, &SECRET)
         .await
         .expect("wrap over TLS");
-    assert_eq!(p.unwrap_key(&w).await.expect("unwrap").expose_secret(), SECRET);
+    assert_eq!(
+        p.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        SECRET
+    );
     assert!(p.vault_properties().await.is_ok());
 
-    let no_ca = TransitProvider::new(root_config(&server).retry(RetryPolicy::none()))
-        .expect("provider");
+    let no_ca =
+        TransitProvider::new(root_config(&server).retry(RetryPolicy::none())).expect("provider");
     let e = no_ca.unwrap_key(&w).await.expect_err("unknown CA");
     assert_eq!(e.kind(), K::Unavailable, "{e}");
     let m = e.message().to_ascii_lowercase();

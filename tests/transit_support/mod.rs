@@ -95,8 +95,9 @@ impl Server {
                 .find_map(|l| l.strip_prefix(&format!("export {name}=")))
                 .map(|v| v.trim_matches('\'').to_owned())
         };
-        let addr = var("BYOK_OPENBAO_ADDR")
-            .unwrap_or_else(|| panic!("scripts/openbao.sh printed no address:\n{stdout}\n{stderr}"));
+        let addr = var("BYOK_OPENBAO_ADDR").unwrap_or_else(|| {
+            panic!("scripts/openbao.sh printed no address:\n{stdout}\n{stderr}")
+        });
         let root_token = var("BYOK_OPENBAO_TOKEN").unwrap_or_default();
         let ca_pem = var("BYOK_OPENBAO_CACERT").map(|p| {
             std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading the dev CA {p}: {e}"))

@@ -410,9 +410,12 @@ impl VaultAdmin for TransitAdmin {
                 ));
             }
         };
-        self.config(name, serde_json::json!({ "min_decryption_version": target }))
-            .await
-            .map(drop)
+        self.config(
+            name,
+            serde_json::json!({ "min_decryption_version": target }),
+        )
+        .await
+        .map(drop)
     }
 
     /// Soft-deletes the key (OpenBao) or, with [`TransitConfig::soft_delete`] off, deletes it

@@ -244,7 +244,10 @@ impl TransitConfig {
             }
             .to_ascii_lowercase(),
             (None, None) => {
-                return Err(bad(format!("Transit address {:?} has no host", self.address)));
+                return Err(bad(format!(
+                    "Transit address {:?} has no host",
+                    self.address
+                )));
             }
         };
         if self.mount.is_empty() {
@@ -316,7 +319,12 @@ impl TransitProvider {
     /// CA PEM that does not parse.
     pub fn new(config: TransitConfig) -> Result<Self, ProviderError> {
         let (conn, host) = config.connect()?;
-        Ok(Self::with_connection(conn, config.token.clone(), &config, &host))
+        Ok(Self::with_connection(
+            conn,
+            config.token.clone(),
+            &config,
+            &host,
+        ))
     }
 
     fn with_connection(
@@ -366,7 +374,14 @@ impl TransitProvider {
         let path = self.conn.mount_path(&format!("encrypt/{name}"));
         let ans = self
             .conn
-            .call(&self.token, Method::POST, &path, Some(body), Op::Encrypt, true)
+            .call(
+                &self.token,
+                Method::POST,
+                &path,
+                Some(body),
+                Op::Encrypt,
+                true,
+            )
             .await?;
         let data: EncryptData = ans.data("encrypt")?;
         let (v, raw) = wire::parse_ciphertext(&data.ciphertext).ok_or_else(|| {
@@ -606,7 +621,14 @@ impl KeyProvider for TransitProvider {
             );
             let path = self.conn.mount_path(&format!("decrypt/{name}"));
             self.conn
-                .call(&self.token, Method::POST, &path, Some(body), Op::Decrypt, true)
+                .call(
+                    &self.token,
+                    Method::POST,
+                    &path,
+                    Some(body),
+                    Op::Decrypt,
+                    true,
+                )
                 .await
         } else {
             Err(ProviderError::new(
@@ -623,19 +645,18 @@ impl KeyProvider for TransitProvider {
             Err(e) if e.kind() == K::UnwrapFailed => {
                 // A blob under a key of another type fails too; say so when the key can be
                 // read (one attempt, no retry: this only refines the error).
-                if let Ok(k) = self.read_key_with(name, false).await {
-                    if let Ok(kind) = k.kind(name) {
-                        if !kind.fits(wrapped.algorithm) {
-                            return Err(ProviderError::new(
-                                K::WrongKeyType,
-                                format!(
-                                    "a {} key ({name}) cannot {}",
-                                    kind.key_type(),
-                                    wrapped.algorithm
-                                ),
-                            ));
-                        }
-                    }
+                if let Ok(k) = self.read_key_with(name, false).await
+                    && let Ok(kind) = k.kind(name)
+                    && !kind.fits(wrapped.algorithm)
+                {
+                    return Err(ProviderError::new(
+                        K::WrongKeyType,
+                        format!(
+                            "a {} key ({name}) cannot {}",
+                            kind.key_type(),
+                            wrapped.algorithm
+                        ),
+                    ));
                 }
                 return Err(e);
             }

@@ -144,7 +144,9 @@ pub(super) fn spec_type(spec: KeySpec) -> Result<&'static str, ProviderError> {
         KeySpec::EcP256 => Ok("ecdsa-p256"),
         other => Err(ProviderError::new(
             K::InvalidRequest,
-            format!("Transit cannot create a {other:?} key (RSA 2048/3072/4096, AES-256, EC P-256)"),
+            format!(
+                "Transit cannot create a {other:?} key (RSA 2048/3072/4096, AES-256, EC P-256)"
+            ),
         )),
     }
 }
@@ -309,8 +311,7 @@ pub(super) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return None;
     }
     let mut i = 19;
