@@ -47,9 +47,15 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// A successful answer's body.
+/// A successful answer's body (wiped on drop: a decrypt answer holds the secret).
 pub(super) struct Answer {
     pub(super) body: Vec<u8>,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.body);
+    }
 }
 
 impl Answer {
@@ -93,6 +99,8 @@ impl Connection {
         op: Op,
         retry: bool,
     ) -> Result<Answer, ProviderError> {
+        // The body may carry a secret (encrypt): wipe this copy when done.
+        let body = body.map(zeroize::Zeroizing::new);
         let attempts = if retry {
             self.retry.max_retries.saturating_add(1)
         } else {
@@ -101,7 +109,10 @@ impl Connection {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.once(token, &method, path, body.as_deref(), op).await {
+            match self
+                .once(token, &method, path, body.as_ref().map(|b| b.as_str()), op)
+                .await
+            {
                 Ok(a) => return Ok(a),
                 Err((e, retry_after)) => {
                     if !e.is_transient() || attempt >= attempts {
