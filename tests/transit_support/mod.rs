@@ -61,6 +61,8 @@ impl Server {
         let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(&state_dir)
             .unwrap_or_else(|e| panic!("creating {}: {e}", state_dir.display()));
+        // Before the start: a server left behind by a failed start is stopped too.
+        spawn_watchdog(&state_dir);
         let (plain_port, tls_port) = (free_port(), free_port());
         let mut args = vec!["scripts/openbao.sh", "start"];
         if tls {
@@ -70,7 +72,12 @@ impl Server {
             .args(&args)
             .current_dir(dir)
             .env("BYOK_OPENBAO_STATE_DIR", &state_dir)
-            .env("BYOK_OPENBAO_VENV", dir.join("target/openbao-venv"))
+            .env(
+                "BYOK_OPENBAO_VENV",
+                std::env::var_os("BYOK_OPENBAO_VENV")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| dir.join("target/openbao-venv")),
+            )
             .env("BYOK_OPENBAO_PORT", plain_port.to_string())
             .env("BYOK_OPENBAO_TLS_PORT", tls_port.to_string())
             .stdin(Stdio::null())
@@ -102,7 +109,6 @@ impl Server {
         let ca_pem = var("BYOK_OPENBAO_CACERT").map(|p| {
             std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading the dev CA {p}: {e}"))
         });
-        spawn_watchdog(&state_dir);
         Server {
             addr,
             root_token,
