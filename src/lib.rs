@@ -39,6 +39,8 @@ pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind}
 pub use crate::key_id::KeyId;
 pub use crate::provider::fault::{FaultInjector, ProviderOp};
 pub use crate::provider::memory::{InMemoryProvider, InMemoryVault};
+#[cfg(feature = "transit")]
+pub use crate::provider::transit::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider};
 pub use crate::provider::{
     AdminCapabilities, Identity, KeyOperation, KeyProperties, KeyProvider, KeySpec, KeyType,
     Permissions, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,

@@ -18,6 +18,8 @@ pub(crate) mod conformance;
 pub(crate) mod fault;
 pub(crate) mod memory;
 pub(crate) mod soft;
+#[cfg(feature = "transit")]
+pub(crate) mod transit;
 
 /// The type and size of a key held in a vault.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,674 @@
+//! A [`KeyProvider`] for the Vault / OpenBao Transit secrets engine (feature `transit`).
+//!
+//! The provider speaks the Transit HTTP API with an async `reqwest` client (rustls with the
+//! *ring* provider) on the caller's tokio runtime; nothing here spawns or embeds a runtime.
+//! See `docs/TRANSIT.md` for setting up a mount, the token policy and the version mapping.
+//!
+//! * Key identity: the vault host is the server address's `host[:port]` (or
+//!   [`TransitConfig::vault_host`]); versions are Transit's integers as strings (`"1"`, `"2"`).
+//! * Wrapping goes through `POST <mount>/encrypt/<name>` with `key_version` pinned;
+//!   [`WrappedKey::ciphertext`] holds the **raw bytes** of the Transit ciphertext (the base64
+//!   body of `vault:v<N>:…`, i.e. the bare RSA-OAEP-SHA-256 block for RSA keys, nonce ‖
+//!   AES-GCM ciphertext ‖ tag for AES keys), and [`WrappedKey::key_version`] holds `N`.
+//!   Unwrapping rebuilds `vault:v<N>:<base64>` from the record and calls `decrypt`, so an
+//!   RSA block made locally with the version's public key ([`crate::RsaPublic::encrypt_oaep`]
+//!   with SHA-256 and an empty label) unwraps on the server too.
+//! * Disabled means "below `min_decryption_version`"; soft-deleted (OpenBao) means
+//!   `KeyDeleted`.
+
+use core::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::Method;
+
+use crate::error::{ProviderError, ProviderErrorKind as K};
+use crate::provider::{KeyProperties, KeyProvider, VaultProperties, WrapAlgorithm, WrappedKey};
+use crate::secret::{SecretBytes, SecretString};
+
+mod admin;
+mod http;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use admin::TransitAdmin;
+
+use http::{Connection, Op};
+use wire::{DecryptData, EncryptData, KeyData, Kind};
+
+/// The longest secret `wrap_key` accepts (Transit's own limit for RSA is smaller: 190 bytes
+/// for RSA 2048 with OAEP-SHA-256).
+const MAX_WRAP_INPUT: usize = 512;
+
+/// Bounded retries with exponential backoff and jitter, applied only to transient failures
+/// (timeouts, refused connections, 429, 5xx other than a failed decryption).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = no retry).
+    pub max_retries: u32,
+    /// Delay before the first retry; doubled for every further one.
+    pub initial_backoff: Duration,
+    /// Upper bound of one delay (also the longest `Retry-After` honoured).
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// `max_retries` retries, starting at `initial_backoff` and doubling up to `max_backoff`.
+    pub fn new(max_retries: u32, initial_backoff: Duration, max_backoff: Duration) -> Self {
+        Self {
+            max_retries,
+            initial_backoff,
+            max_backoff,
+        }
+    }
+
+    /// No retry at all: every failure is returned as it happens.
+    pub fn none() -> Self {
+        Self::new(0, Duration::ZERO, Duration::ZERO)
+    }
+
+    /// Delay before retry number `n` (0-based): `initial · 2^n`, capped, with ±25 % jitter.
+    fn backoff(&self, n: u32) -> Duration {
+        let base = self
+            .initial_backoff
+            .saturating_mul(1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX))
+            .min(self.max_backoff);
+        let mut r = [0u8; 1];
+        crate::crypto::fill_random(&mut r);
+        // 75 % .. 125 % of the base delay, still capped.
+        let pct = 75 + u32::from(r[0]) * 50 / 255;
+        (base * pct / 100).min(self.max_backoff)
+    }
+}
+
+impl Default for RetryPolicy {
+    /// Two retries, 100 ms then 200 ms (±25 %), never more than 2 s per delay.
+    fn default() -> Self {
+        Self::new(2, Duration::from_millis(100), Duration::from_secs(2))
+    }
+}
+
+/// Where and how to reach a Transit mount: address, token, TLS, timeouts, retries.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), byok::ProviderError> {
+/// use byok::{KeyProvider, SecretString, TransitConfig, TransitProvider};
+/// let ca = std::fs::read_to_string("/etc/byok/vault-ca.pem").unwrap_or_default();
+/// let config = TransitConfig::new("https://vault.internal:8200", SecretString::new("s.token"))
+///     .mount("transit")
+///     .ca_pem(&ca)
+///     .request_timeout(std::time::Duration::from_secs(5));
+/// let provider = TransitProvider::new(config)?;
+/// let props = provider.key_properties("tenant-a", None).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TransitConfig {
+    address: String,
+    token: SecretString,
+    mount: String,
+    vault_host: Option<String>,
+    ca_pem: Option<String>,
+    built_in_roots: bool,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+    soft_delete: bool,
+    region: String,
+    tenant: String,
+}
+
+impl fmt::Debug for TransitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransitConfig")
+            .field("address", &self.address)
+            .field("token", &self.token)
+            .field("mount", &self.mount)
+            .field("vault_host", &self.vault_host)
+            .field("custom_ca", &self.ca_pem.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .field("soft_delete", &self.soft_delete)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransitConfig {
+    /// A configuration for the server at `address` (`http://` or `https://`, e.g.
+    /// `https://vault.internal:8200`) acting with `token`. Defaults: mount `transit`, the
+    /// vault host taken from the address, the built-in web PKI roots, connect timeout 5 s,
+    /// request timeout 30 s, [`RetryPolicy::default`], soft-delete on (OpenBao).
+    pub fn new(address: &str, token: SecretString) -> Self {
+        Self {
+            address: address.trim_end_matches('/').to_owned(),
+            token,
+            mount: "transit".to_owned(),
+            vault_host: None,
+            ca_pem: None,
+            built_in_roots: true,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            soft_delete: true,
+            region: String::new(),
+            tenant: String::new(),
+        }
+    }
+
+    /// The path the Transit engine is mounted at (default `transit`).
+    pub fn mount(mut self, mount: &str) -> Self {
+        self.mount = mount.trim_matches('/').to_owned();
+        self
+    }
+
+    /// The host that key identifiers name (default: `host[:port]` of the address).
+    pub fn vault_host(mut self, host: &str) -> Self {
+        self.vault_host = Some(host.to_ascii_lowercase());
+        self
+    }
+
+    /// Trusts the CA certificate(s) in `pem` (one or more `BEGIN CERTIFICATE` blocks), in
+    /// addition to the built-in web PKI roots.
+    pub fn ca_pem(mut self, pem: &str) -> Self {
+        self.ca_pem = Some(pem.to_owned());
+        self
+    }
+
+    /// Whether the built-in web PKI roots are trusted as well as [`Self::ca_pem`] (default
+    /// `true`; set `false` to trust only your own CA).
+    pub fn built_in_roots(mut self, on: bool) -> Self {
+        self.built_in_roots = on;
+        self
+    }
+
+    /// Time allowed to open a connection (TCP and TLS), default 5 s.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Time allowed for one whole request, default 30 s.
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// Retries of transient failures.
+    pub fn retry(mut self, r: RetryPolicy) -> Self {
+        self.retry = r;
+        self
+    }
+
+    /// Whether the server has OpenBao's soft-delete (`keys/<name>/soft-delete`), default
+    /// `true`. Set `false` for HashiCorp Vault: deleting a key is then permanent.
+    pub fn soft_delete(mut self, on: bool) -> Self {
+        self.soft_delete = on;
+        self
+    }
+
+    /// Region and tenant reported in [`VaultProperties`] (both empty by default).
+    pub fn location(mut self, region: &str, tenant: &str) -> Self {
+        self.region = region.to_owned();
+        self.tenant = tenant.to_owned();
+        self
+    }
+
+    /// The same configuration acting with another token.
+    pub fn with_token(&self, token: SecretString) -> Self {
+        Self {
+            token,
+            ..self.clone()
+        }
+    }
+
+    fn connect(&self) -> Result<(Arc<Connection>, String), ProviderError> {
+        let bad = |why: String| ProviderError::new(K::InvalidRequest, why);
+        let url = reqwest::Url::parse(&self.address)
+            .map_err(|e| bad(format!("Transit address {:?}: {e}", self.address)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(format!(
+                "Transit address {:?}: the scheme must be http or https",
+                self.address
+            )));
+        }
+        let host = match (&self.vault_host, url.host_str()) {
+            (Some(h), _) => h.clone(),
+            (None, Some(h)) => match url.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_owned(),
+            }
+            .to_ascii_lowercase(),
+            (None, None) => {
+                return Err(bad(format!(
+                    "Transit address {:?} has no host",
+                    self.address
+                )));
+            }
+        };
+        if self.mount.is_empty() {
+            return Err(bad("the Transit mount path is empty".into()));
+        }
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
+            .tls_built_in_root_certs(self.built_in_roots)
+            .user_agent(concat!("byok/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &self.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| bad(format!("the Transit CA PEM does not parse: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad("the Transit CA PEM holds no certificate".into()));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b
+            .build()
+            .map_err(|e| bad(format!("building the HTTP client: {e}")))?;
+        let conn = Connection {
+            http,
+            base: format!("{}/v1/", self.address),
+            mount: self.mount.clone(),
+            retry: self.retry,
+        };
+        Ok((Arc::new(conn), host))
+    }
+
+    fn vault_properties(&self, host: &str) -> VaultProperties {
+        let mut p = VaultProperties::new(host, &self.region, &self.tenant)
+            .with_protection(self.soft_delete, false);
+        // A soft-deleted Transit key stays recoverable until someone purges it: there is no
+        // server-side retention period.
+        p.retention_days = if self.soft_delete { u32::MAX } else { 0 };
+        p
+    }
+}
+
+/// A [`KeyProvider`] on a Vault / OpenBao Transit mount, acting with one token.
+///
+/// Cheap to clone (the connection pool is shared). Needs a tokio runtime (the caller's).
+#[derive(Clone)]
+pub struct TransitProvider {
+    conn: Arc<Connection>,
+    token: SecretString,
+    props: VaultProperties,
+}
+
+impl fmt::Debug for TransitProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransitProvider")
+            .field("host", &self.props.host)
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransitProvider {
+    /// A provider for the mount `config` describes. Does not contact the server.
+    ///
+    /// # Errors
+    /// `InvalidRequest` for an address that is not an `http(s)://` URL, an empty mount, or a
+    /// CA PEM that does not parse.
+    pub fn new(config: TransitConfig) -> Result<Self, ProviderError> {
+        let (conn, host) = config.connect()?;
+        Ok(Self::with_connection(
+            conn,
+            config.token.clone(),
+            &config,
+            &host,
+        ))
+    }
+
+    fn with_connection(
+        conn: Arc<Connection>,
+        token: SecretString,
+        config: &TransitConfig,
+        host: &str,
+    ) -> Self {
+        Self {
+            conn,
+            token,
+            props: config.vault_properties(host),
+        }
+    }
+
+    /// The vault host key identifiers from this provider name.
+    pub fn vault_host(&self) -> &str {
+        &self.props.host
+    }
+
+    /// `GET <mount>/keys/<name>`: the key's description.
+    async fn read_key(&self, name: &str) -> Result<KeyData, ProviderError> {
+        self.read_key_with(name, true).await
+    }
+
+    async fn read_key_with(&self, name: &str, retry: bool) -> Result<KeyData, ProviderError> {
+        check_name(name)?;
+        let path = self.conn.mount_path(&format!("keys/{name}"));
+        self.conn
+            .call(&self.token, Method::GET, &path, None, Op::Key, retry)
+            .await
+            .map_err(|e| name_not_found(e, name))?
+            .data("GET key")
+    }
+
+    async fn encrypt(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        key: &[u8],
+    ) -> Result<(u64, Vec<u8>), ProviderError> {
+        let pt = zeroize::Zeroizing::new(wire::b64(key));
+        let body = match version {
+            Some(v) => format!(r#"{{"plaintext":"{}","key_version":{v}}}"#, pt.as_str()),
+            None => format!(r#"{{"plaintext":"{}"}}"#, pt.as_str()),
+        };
+        let path = self.conn.mount_path(&format!("encrypt/{name}"));
+        let ans = self
+            .conn
+            .call(
+                &self.token,
+                Method::POST,
+                &path,
+                Some(body),
+                Op::Encrypt,
+                true,
+            )
+            .await?;
+        let data: EncryptData = ans.data("encrypt")?;
+        let (v, raw) = wire::parse_ciphertext(&data.ciphertext).ok_or_else(|| {
+            ProviderError::new(
+                K::Unavailable,
+                "Transit encrypt returned a ciphertext that is not vault:v<N>:<base64>",
+            )
+        })?;
+        if v != data.key_version || version.is_some_and(|p| p != v) {
+            return Err(ProviderError::new(
+                K::Unavailable,
+                format!(
+                    "Transit encrypt used version {v} (reported {}), not the one asked for",
+                    data.key_version
+                ),
+            ));
+        }
+        Ok((v, raw))
+    }
+}
+
+/// Key names byok can put in a [`crate::KeyId`] (Transit itself allows more).
+fn check_name(name: &str) -> Result<(), ProviderError> {
+    if !name.is_empty()
+        && name.len() <= 127
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(ProviderError::new(
+            K::InvalidRequest,
+            format!("{name:?} is not a key name (1 to 127 letters, digits and '-')"),
+        ))
+    }
+}
+
+/// The empty 404 of `GET keys/<name>` says nothing; name the key.
+fn name_not_found(e: ProviderError, name: &str) -> ProviderError {
+    if e.kind() == K::KeyNotFound {
+        ProviderError::new(
+            K::KeyNotFound,
+            format!("Transit key {name} not found ({})", e.message()),
+        )
+    } else {
+        e
+    }
+}
+
+fn check_algorithm(kind: Kind, name: &str, alg: WrapAlgorithm) -> Result<(), ProviderError> {
+    if !kind.fits(alg) {
+        return Err(ProviderError::new(
+            K::WrongKeyType,
+            format!("a {} key ({name}) cannot {alg}", kind.key_type()),
+        ));
+    }
+    if alg == WrapAlgorithm::RsaOaep {
+        return Err(sha1_refused());
+    }
+    Ok(())
+}
+
+fn sha1_refused() -> ProviderError {
+    ProviderError::new(
+        K::InvalidRequest,
+        "Transit RSA keys only do RSA-OAEP with SHA-256 (RSA-OAEP-256), not RSA-OAEP (SHA-1)",
+    )
+}
+
+/// Whether a Transit ciphertext body has the shape `alg` produces for a `len`-byte secret:
+/// a whole RSA block, or AES-GCM's nonce ‖ ciphertext ‖ tag. This catches a key whose type
+/// could not be read first (a token without `read`).
+fn shape_fits(alg: WrapAlgorithm, raw: &[u8], len: usize, rsa_bytes: Option<usize>) -> bool {
+    match (alg, rsa_bytes) {
+        (WrapAlgorithm::A256Kw, _) => raw.len() == 12 + len + 16,
+        (_, Some(n)) => raw.len() == n,
+        (_, None) => matches!(raw.len(), 256 | 384 | 512),
+    }
+}
+
+/// Whether a stored blob can have come from `alg` with any Transit key: a whole RSA block
+/// (2048, 3072 or 4096 bits), or at least AES-GCM's nonce and tag.
+fn shape_fits_any(alg: WrapAlgorithm, raw: &[u8]) -> bool {
+    match alg {
+        WrapAlgorithm::A256Kw => raw.len() > 12 + 16,
+        _ => matches!(raw.len(), 256 | 384 | 512),
+    }
+}
+
+#[async_trait]
+impl KeyProvider for TransitProvider {
+    /// The configured properties, after checking that the server answers
+    /// (`GET sys/health`, which needs no token).
+    async fn vault_properties(&self) -> Result<VaultProperties, ProviderError> {
+        // 200 active, 429 standby, 472/473 replication / performance standby: all serve.
+        let r = self
+            .conn
+            .call(
+                &self.token,
+                Method::GET,
+                "sys/health?standbyok=true&perfstandbyok=true",
+                None,
+                Op::System,
+                true,
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(self.props.clone()),
+            Err(e) if e.kind() == K::Throttled => Ok(self.props.clone()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn key_properties(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<KeyProperties, ProviderError> {
+        let k = self.read_key(name).await?;
+        k.live(name)?;
+        let v = match version {
+            Some(v) => k.version(name, v)?,
+            // Every version from min_decryption_version up is enabled, so the latest enabled
+            // version is always latest_version.
+            None => k.latest_version,
+        };
+        k.properties(&self.props.host, name, v)
+    }
+
+    async fn wrap_key(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        algorithm: WrapAlgorithm,
+        key: &[u8],
+    ) -> Result<WrappedKey, ProviderError> {
+        if key.is_empty() || key.len() > MAX_WRAP_INPUT {
+            return Err(ProviderError::new(
+                K::InvalidRequest,
+                format!("a wrapped secret is 1 to {MAX_WRAP_INPUT} bytes"),
+            ));
+        }
+        // Read the key first: it must exist (encrypt on a missing key would silently create
+        // an AES key when the token may `create`), fit the algorithm, and the version must be
+        // usable. A token without `read` (wrap-only) skips this and relies on its policy
+        // (`update` without `create` on encrypt) and on the shape of the answer.
+        let (pinned, rsa_bytes) = match self.read_key(name).await {
+            Ok(k) => {
+                k.live(name)?;
+                let kind = k.kind(name)?;
+                check_algorithm(kind, name, algorithm)?;
+                if k.derived {
+                    return Err(ProviderError::new(
+                        K::WrongKeyType,
+                        format!("Transit key {name} is a derived key (needs a context)"),
+                    ));
+                }
+                let v = match version {
+                    Some(v) => {
+                        let n = k.version(name, v)?;
+                        if !k.enabled(n) || n < k.min_encryption_version {
+                            return Err(ProviderError::new(
+                                K::KeyDisabled,
+                                format!(
+                                    "version {n} of {name} is disabled (min_decryption_version \
+                                     {}, min_encryption_version {})",
+                                    k.min_decryption_version, k.min_encryption_version
+                                ),
+                            ));
+                        }
+                        n
+                    }
+                    None => k.latest_version,
+                };
+                let bytes = match kind {
+                    Kind::Rsa(bits) => Some(bits as usize / 8),
+                    _ => None,
+                };
+                (Some(v), bytes)
+            }
+            Err(e) if e.kind() == K::Forbidden => {
+                if algorithm == WrapAlgorithm::RsaOaep {
+                    return Err(sha1_refused());
+                }
+                let v = version
+                    .map(|v| {
+                        wire::parse_version(v).ok_or_else(|| {
+                            ProviderError::new(
+                                K::KeyNotFound,
+                                format!("key {name} has no version {v:?}"),
+                            )
+                        })
+                    })
+                    .transpose()?;
+                (v, None)
+            }
+            Err(e) => return Err(e),
+        };
+        let (v, raw) = self.encrypt(name, pinned, key).await?;
+        if !shape_fits(algorithm, &raw, key.len(), rsa_bytes) {
+            return Err(ProviderError::new(
+                K::WrongKeyType,
+                format!("Transit key {name} did not wrap like a key that can {algorithm}"),
+            ));
+        }
+        Ok(WrappedKey {
+            key_name: name.to_owned(),
+            key_version: v.to_string(),
+            algorithm,
+            ciphertext: raw,
+        })
+    }
+
+    async fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<SecretBytes, ProviderError> {
+        let name = &wrapped.key_name;
+        check_name(name)?;
+        if wrapped.algorithm == WrapAlgorithm::RsaOaep {
+            return Err(sha1_refused());
+        }
+        let v = wire::parse_version(&wrapped.key_version).ok_or_else(|| {
+            ProviderError::new(
+                K::KeyNotFound,
+                format!("key {name} has no version {:?}", wrapped.key_version),
+            )
+        })?;
+        if wrapped.ciphertext.is_empty() {
+            return Err(ProviderError::new(
+                K::UnwrapFailed,
+                "the wrapped key did not unwrap (empty)",
+            ));
+        }
+        // The algorithm is not sent to Transit (the key's type decides), so a blob whose shape
+        // cannot come from `algorithm` is refused here rather than decrypted as something else.
+        let r = if shape_fits_any(wrapped.algorithm, &wrapped.ciphertext) {
+            let body = format!(
+                r#"{{"ciphertext":"{}"}}"#,
+                wire::format_ciphertext(v, &wrapped.ciphertext)
+            );
+            let path = self.conn.mount_path(&format!("decrypt/{name}"));
+            self.conn
+                .call(
+                    &self.token,
+                    Method::POST,
+                    &path,
+                    Some(body),
+                    Op::Decrypt,
+                    true,
+                )
+                .await
+        } else {
+            Err(ProviderError::new(
+                K::UnwrapFailed,
+                format!(
+                    "the wrapped key did not unwrap ({} bytes cannot be {})",
+                    wrapped.ciphertext.len(),
+                    wrapped.algorithm
+                ),
+            ))
+        };
+        let ans = match r {
+            Ok(a) => a,
+            Err(e) if e.kind() == K::UnwrapFailed => {
+                // A blob under a key of another type fails too; say so when the key can be
+                // read (one attempt, no retry: this only refines the error).
+                if let Ok(k) = self.read_key_with(name, false).await
+                    && let Ok(kind) = k.kind(name)
+                    && !kind.fits(wrapped.algorithm)
+                {
+                    return Err(ProviderError::new(
+                        K::WrongKeyType,
+                        format!(
+                            "a {} key ({name}) cannot {}",
+                            kind.key_type(),
+                            wrapped.algorithm
+                        ),
+                    ));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let data: DecryptData = ans.data("decrypt")?;
+        let pt = wire::unb64(&data.plaintext).ok_or_else(|| {
+            ProviderError::new(
+                K::Unavailable,
+                "Transit decrypt returned a plaintext that is not base64",
+            )
+        })?;
+        Ok(SecretBytes::new(pt))
+    }
+}
