@@ -17,6 +17,8 @@ pub use crate::error::{Error, ProviderError, ProviderErrorKind};
 pub use crate::key_id::KeyId;
 pub use crate::provider::fault::{FaultInjector, ProviderOp};
 pub use crate::provider::memory::{InMemoryProvider, InMemoryVault};
+#[cfg(feature = "pkcs11")]
+pub use crate::provider::pkcs11::{Pkcs11Config, Pkcs11Provider};
 pub use crate::provider::{
     AdminCapabilities, Identity, KeyOperation, KeyProperties, KeyProvider, KeySpec, KeyType,
     Permissions, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
