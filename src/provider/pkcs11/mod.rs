@@ -13,14 +13,15 @@ mod token;
 use core::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType as P11KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{
+    Attribute, AttributeType, KeyType as P11KeyType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::Session;
-use cryptoki::types::Date;
 
 use self::pool::BlockingPool;
 use self::token::{Fail, Token};
@@ -64,7 +65,11 @@ impl Pkcs11Config {
     /// A configuration for the token labelled `token_label` in the module at `module`, logging
     /// in as the user with `pin`. Defaults: SHA-256 OAEP, 4 worker threads, vault host
     /// `<label>.pkcs11.local`.
-    pub fn new(module: impl Into<PathBuf>, token_label: impl Into<String>, pin: SecretString) -> Self {
+    pub fn new(
+        module: impl Into<PathBuf>,
+        token_label: impl Into<String>,
+        pin: SecretString,
+    ) -> Self {
         Self {
             module: module.into(),
             token_label: token_label.into(),
@@ -84,7 +89,10 @@ impl Pkcs11Config {
     pub fn from_env() -> Result<Self, ProviderError> {
         let var = |n: &str| {
             std::env::var(n).map_err(|_| {
-                ProviderError::new(K::InvalidRequest, format!("environment variable {n} is not set"))
+                ProviderError::new(
+                    K::InvalidRequest,
+                    format!("environment variable {n} is not set"),
+                )
             })
         };
         let hash = match std::env::var("BYOK_PKCS11_OAEP").as_deref() {
@@ -251,7 +259,6 @@ struct VersionInfo {
     unwrap: bool,
     modulus: Option<Vec<u8>>,
     exponent: Option<Vec<u8>>,
-    created: SystemTime,
 }
 
 impl VersionInfo {
@@ -267,7 +274,8 @@ impl VersionInfo {
 /// `CKA_ID` → version number: only canonical ASCII decimals (no leading zero) are versions.
 fn parse_version(id: &[u8]) -> Option<u64> {
     let s = core::str::from_utf8(id).ok()?;
-    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     s.parse().ok()
@@ -302,56 +310,6 @@ fn mechanism_name(hash: OaepHash) -> &'static str {
     }
 }
 
-// ---- dates: CKA_START_DATE carries the creation day (PKCS#11 has no creation time) ----
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn today() -> Date {
-    let days = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    let s = format!("{y:04}{m:02}{d:02}");
-    let b = s.as_bytes();
-    if b.len() != 8 {
-        return Date::new_empty();
-    }
-    Date::new([b[0], b[1], b[2], b[3]], [b[4], b[5]], [b[6], b[7]])
-}
-
-fn date_to_time(d: &Date) -> SystemTime {
-    let parse = |b: &[u8]| core::str::from_utf8(b).ok()?.parse::<i64>().ok();
-    let (Some(y), Some(m), Some(day)) = (parse(&d.year), parse(&d.month), parse(&d.day)) else {
-        return SystemTime::UNIX_EPOCH;
-    };
-    let days = days_from_civil(y, m, day);
-    u64::try_from(days)
-        .ok()
-        .and_then(|days| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(days * 86_400)))
-        .unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
 impl Inner {
     fn label(name: &str) -> Attribute {
         Attribute::Label(name.as_bytes().to_vec())
@@ -367,7 +325,6 @@ impl Inner {
                 AttributeType::Unwrap,
                 AttributeType::Modulus,
                 AttributeType::PublicExponent,
-                AttributeType::StartDate,
             ],
         )?;
         let mut v = VersionInfo {
@@ -378,7 +335,6 @@ impl Inner {
             unwrap: false,
             modulus: None,
             exponent: None,
-            created: SystemTime::UNIX_EPOCH,
         };
         let mut number = None;
         for a in attrs {
@@ -389,7 +345,6 @@ impl Inner {
                 Attribute::Unwrap(b) => v.unwrap = b,
                 Attribute::Modulus(m) => v.modulus = Some(m),
                 Attribute::PublicExponent(e) => v.exponent = Some(e),
-                Attribute::StartDate(d) if !d.is_empty() => v.created = date_to_time(&d),
                 _ => {}
             }
         }
@@ -398,13 +353,13 @@ impl Inner {
 
     /// Every version of `name`, oldest first (empty if there is none).
     fn versions(&self, s: &Session, name: &str) -> Result<Vec<VersionInfo>, Fail> {
-        let handles = match self.token.find(
+        let handles = self.token.find(
             s,
-            &[Attribute::Class(ObjectClass::PRIVATE_KEY), Self::label(name)],
-        ) {
-            Ok(h) => h,
-            Err(e) => return Err(e),
-        };
+            &[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Self::label(name),
+            ],
+        )?;
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
             if let Some(v) = self.read_version(s, h)? {
@@ -445,14 +400,19 @@ impl Inner {
 
     /// The public key of a version: from the private key's public attributes, else from the
     /// public-key object.
-    fn public_key(&self, s: &Session, name: &str, v: &VersionInfo) -> Result<Option<RsaPublic>, Fail> {
+    fn public_key(
+        &self,
+        s: &Session,
+        name: &str,
+        v: &VersionInfo,
+    ) -> Result<Option<RsaPublic>, Fail> {
         if !v.is_rsa() {
             return Ok(None);
         }
-        if let (Some(n), Some(e)) = (&v.modulus, &v.exponent) {
-            if let Ok(k) = RsaPublic::from_components(n, e) {
-                return Ok(Some(k));
-            }
+        if let (Some(n), Some(e)) = (&v.modulus, &v.exponent)
+            && let Ok(k) = RsaPublic::from_components(n, e)
+        {
+            return Ok(Some(k));
         }
         let found = self.token.find(
             s,
@@ -514,13 +474,20 @@ impl Inner {
             key_type,
             enabled: v.decrypt,
             operations,
-            created: v.created,
+            // PKCS#11 has no creation time (CKA_START_DATE is optional, day-precision and
+            // not readable through SoftHSM 2.6 + cryptoki): reported as unknown (the epoch).
+            created: SystemTime::UNIX_EPOCH,
             public_key,
         })
     }
 
     /// Refuses an algorithm the key or the token's OAEP setting cannot do.
-    fn check_algorithm(&self, name: &str, v: &VersionInfo, alg: WrapAlgorithm) -> Result<OaepHash, Fail> {
+    fn check_algorithm(
+        &self,
+        name: &str,
+        v: &VersionInfo,
+        alg: WrapAlgorithm,
+    ) -> Result<OaepHash, Fail> {
         let hash = match alg {
             WrapAlgorithm::RsaOaep256 => OaepHash::Sha256,
             WrapAlgorithm::RsaOaep => OaepHash::Sha1,
@@ -534,7 +501,10 @@ impl Inner {
         if !v.is_rsa() {
             return Err(Fail::Provider(ProviderError::new(
                 K::WrongKeyType,
-                format!("key {name} version {} is not an RSA key and cannot do {alg}", v.number),
+                format!(
+                    "key {name} version {} is not an RSA key and cannot do {alg}",
+                    v.number
+                ),
             )));
         }
         if hash == OaepHash::Sha256 && self.config.oaep_hash == OaepHash::Sha1 {
@@ -557,18 +527,20 @@ impl Inner {
         alg: WrapAlgorithm,
         key: &[u8],
     ) -> Result<WrappedKey, ProviderError> {
-        let (v, public) = self.token.with_session(&format!("wrap with key {name}"), |s| {
-            let v = self.resolve(s, name, version)?;
-            if !v.decrypt {
-                return Err(Fail::Provider(ProviderError::new(
-                    K::KeyDisabled,
-                    format!("version {} of key {name} is disabled", v.number),
-                )));
-            }
-            self.check_algorithm(name, &v, alg)?;
-            let public = self.public_key(s, name, &v)?;
-            Ok((v.version(), public))
-        })?;
+        let (v, public) = self
+            .token
+            .with_session(&format!("wrap with key {name}"), |s| {
+                let v = self.resolve(s, name, version)?;
+                if !v.decrypt {
+                    return Err(Fail::Provider(ProviderError::new(
+                        K::KeyDisabled,
+                        format!("version {} of key {name} is disabled", v.number),
+                    )));
+                }
+                self.check_algorithm(name, &v, alg)?;
+                let public = self.public_key(s, name, &v)?;
+                Ok((v.version(), public))
+            })?;
         let hash = if alg == WrapAlgorithm::RsaOaep {
             OaepHash::Sha1
         } else {
@@ -624,18 +596,19 @@ impl Inner {
                 unwrap: true,
                 modulus: None,
                 exponent: None,
-                created: SystemTime::UNIX_EPOCH,
             };
             let hash = self.check_algorithm(name, &info, w.algorithm)?;
             let mech = oaep_mechanism(hash);
             match s.decrypt(&mech, info.private, &w.ciphertext) {
                 Ok(pt) => Ok(SecretBytes::new(pt)),
-                Err(e @ cryptoki::error::Error::Pkcs11(
-                    cryptoki::error::RvError::ArgumentsBad
-                    | cryptoki::error::RvError::MechanismInvalid
-                    | cryptoki::error::RvError::MechanismParamInvalid,
-                    _,
-                )) => Err(Fail::Provider(token::map_error(
+                Err(
+                    e @ cryptoki::error::Error::Pkcs11(
+                        cryptoki::error::RvError::ArgumentsBad
+                        | cryptoki::error::RvError::MechanismInvalid
+                        | cryptoki::error::RvError::MechanismParamInvalid,
+                        _,
+                    ),
+                ) => Err(Fail::Provider(token::map_error(
                     &e,
                     &format!("{what}: the token refused {}", mechanism_name(hash)),
                 ))),
@@ -657,7 +630,6 @@ impl Inner {
             Attribute::Encrypt(true),
             Attribute::Wrap(true),
             Attribute::Verify(false),
-            Attribute::StartDate(today()),
         ];
         let private = [
             Attribute::Token(true),
@@ -670,7 +642,6 @@ impl Inner {
             Attribute::Decrypt(true),
             Attribute::Unwrap(true),
             Attribute::Sign(false),
-            Attribute::StartDate(today()),
         ];
         s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
         Ok(())
@@ -699,7 +670,6 @@ impl Inner {
             Attribute::Sign(false),
             Self::label(name),
             Attribute::Id(id.clone()),
-            Attribute::StartDate(today()),
             Attribute::Modulus(n.to_vec()),
             Attribute::PublicExponent(e.to_vec()),
             Attribute::PrivateExponent(d.to_vec()),
@@ -716,7 +686,6 @@ impl Inner {
             Attribute::Private(false),
             Self::label(name),
             Attribute::Id(id.clone()),
-            Attribute::StartDate(today()),
             Attribute::Modulus(n.to_vec()),
             Attribute::PublicExponent(e.to_vec()),
             Attribute::Encrypt(true),
@@ -746,7 +715,10 @@ impl Inner {
             }
             let mut pe = token::map_error(&err, &format!("import of key {name}"));
             if pe.kind() == K::InvalidRequest {
-                pe = ProviderError::new(K::Unsupported, format!("the token refused the import: {}", pe.message()));
+                pe = ProviderError::new(
+                    K::Unsupported,
+                    format!("the token refused the import: {}", pe.message()),
+                );
             }
             return Err(Fail::Provider(pe));
         }
@@ -812,10 +784,11 @@ impl KeyProvider for Pkcs11Provider {
     ) -> Result<KeyProperties, ProviderError> {
         let (name, version) = (name.to_owned(), version.map(str::to_owned));
         self.blocking(move |i| {
-            i.token.with_session(&format!("properties of key {name}"), |s| {
-                let v = i.resolve(s, &name, version.as_deref())?;
-                i.properties(s, &name, &v)
-            })
+            i.token
+                .with_session(&format!("properties of key {name}"), |s| {
+                    let v = i.resolve(s, &name, version.as_deref())?;
+                    i.properties(s, &name, &v)
+                })
         })
         .await
     }
@@ -904,16 +877,17 @@ impl VaultAdmin for Pkcs11Provider {
     async fn list_versions(&self, name: &str) -> Result<Vec<KeyProperties>, ProviderError> {
         let name = name.to_owned();
         self.blocking(move |i| {
-            i.token.with_session(&format!("versions of key {name}"), |s| {
-                let all = i.versions(s, &name)?;
-                if all.is_empty() {
-                    return Err(Fail::Provider(ProviderError::new(
-                        K::KeyNotFound,
-                        format!("no key {name} on the token"),
-                    )));
-                }
-                all.iter().map(|v| i.properties(s, &name, v)).collect()
-            })
+            i.token
+                .with_session(&format!("versions of key {name}"), |s| {
+                    let all = i.versions(s, &name)?;
+                    if all.is_empty() {
+                        return Err(Fail::Provider(ProviderError::new(
+                            K::KeyNotFound,
+                            format!("no key {name} on the token"),
+                        )));
+                    }
+                    all.iter().map(|v| i.properties(s, &name, v)).collect()
+                })
         })
         .await
     }
@@ -927,22 +901,28 @@ impl VaultAdmin for Pkcs11Provider {
         let (name, version) = (name.to_owned(), version.to_owned());
         self.blocking(move |i| {
             let _g = i.admin_lock();
-            i.token.with_session(&format!("enable/disable key {name} version {version}"), |s| {
-                let v = i.resolve(s, &name, Some(&version))?;
-                s.update_attributes(
-                    v.private,
-                    &[Attribute::Decrypt(enabled), Attribute::Unwrap(enabled)],
-                )?;
-                let publics = s.find_objects(&[
-                    Attribute::Class(ObjectClass::PUBLIC_KEY),
-                    Inner::label(&name),
-                    Attribute::Id(version.as_bytes().to_vec()),
-                ])?;
-                for h in publics {
-                    s.update_attributes(h, &[Attribute::Encrypt(enabled), Attribute::Wrap(enabled)])?;
-                }
-                Ok(())
-            })
+            i.token.with_session(
+                &format!("enable/disable key {name} version {version}"),
+                |s| {
+                    let v = i.resolve(s, &name, Some(&version))?;
+                    s.update_attributes(
+                        v.private,
+                        &[Attribute::Decrypt(enabled), Attribute::Unwrap(enabled)],
+                    )?;
+                    let publics = s.find_objects(&[
+                        Attribute::Class(ObjectClass::PUBLIC_KEY),
+                        Inner::label(&name),
+                        Attribute::Id(version.as_bytes().to_vec()),
+                    ])?;
+                    for h in publics {
+                        s.update_attributes(
+                            h,
+                            &[Attribute::Encrypt(enabled), Attribute::Wrap(enabled)],
+                        )?;
+                    }
+                    Ok(())
+                },
+            )
         })
         .await
     }
@@ -1011,6 +991,7 @@ impl VaultAdmin for Pkcs11Provider {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -1018,22 +999,16 @@ mod tests {
     fn versions_are_canonical_decimals() {
         assert_eq!(parse_version(b"1"), Some(1));
         assert_eq!(parse_version(b"42"), Some(42));
-        for bad in [&b""[..], b"01", b"-1", b"1a", b"\x01", b"99999999999999999999999"] {
+        for bad in [
+            &b""[..],
+            b"01",
+            b"-1",
+            b"1a",
+            b"\x01",
+            b"99999999999999999999999",
+        ] {
             assert_eq!(parse_version(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn dates_round_trip() {
-        for days in [0i64, 1, 59, 365, 10_957, 19_000, 20_416, 30_000] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(10_957), (2000, 1, 1));
-        let t = date_to_time(&today());
-        let now = SystemTime::now();
-        assert!(now.duration_since(t).is_ok_and(|d| d.as_secs() < 86_400));
     }
 
     #[test]

@@ -32,7 +32,10 @@ impl BlockingPool {
                 .name(format!("byok-pkcs11-{i}"))
                 .spawn(move || worker(&rx))
                 .map_err(|e| {
-                    ProviderError::new(K::Unavailable, format!("cannot start a PKCS#11 worker: {e}"))
+                    ProviderError::new(
+                        K::Unavailable,
+                        format!("cannot start a PKCS#11 worker: {e}"),
+                    )
                 })?;
         }
         Ok(Self {
@@ -63,11 +66,7 @@ impl BlockingPool {
             let r = f();
             completer.complete(r);
         });
-        let sent = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job);
+        let sent = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(job);
         // A failed send drops the job and with it the completer, which fills the slot.
         drop(sent);
         Pending(slot)
@@ -149,6 +148,7 @@ impl<T> Future for Pending<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -182,6 +182,6 @@ mod tests {
         assert_eq!(block_on(pool.run(|| Ok(7))).unwrap(), 7);
         let all: Vec<_> = (0..32).map(|i| pool.run(move || Ok(i))).collect();
         let sum: i32 = all.into_iter().map(|p| block_on(p).unwrap()).sum();
-        assert_eq!(sum, (0..32).sum());
+        assert_eq!(sum, (0..32).sum::<i32>());
     }
 }

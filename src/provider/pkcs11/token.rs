@@ -306,7 +306,11 @@ impl Token {
     /// Finds objects; an empty answer while the session is not logged in (private objects are
     /// then invisible) becomes `UserNotLoggedIn`, so the retry logs in again instead of
     /// reporting a missing key.
-    pub(super) fn find(&self, s: &Session, template: &[Attribute]) -> Result<Vec<ObjectHandle>, Fail> {
+    pub(super) fn find(
+        &self,
+        s: &Session,
+        template: &[Attribute],
+    ) -> Result<Vec<ObjectHandle>, Fail> {
         let found = s.find_objects(template)?;
         if found.is_empty() {
             let state = s.get_session_info()?.session_state();
@@ -416,6 +420,7 @@ pub(super) fn map_error(e: &P11Error, what: &str) -> ProviderError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -437,7 +442,10 @@ mod tests {
             m(RvError::EncryptedDataInvalid, Function::Decrypt),
             K::UnwrapFailed
         );
-        assert_eq!(m(RvError::ArgumentsBad, Function::DecryptInit), K::InvalidRequest);
+        assert_eq!(
+            m(RvError::ArgumentsBad, Function::DecryptInit),
+            K::InvalidRequest
+        );
         assert_eq!(
             m(RvError::MechanismParamInvalid, Function::DecryptInit),
             K::InvalidRequest
