@@ -647,6 +647,34 @@ impl Inner {
         Ok(())
     }
 
+    /// [`Self::generate`], tried up to three times on `CKR_GENERAL_ERROR`: SoftHSM 2.6 with
+    /// the file object store now and then fails a key-pair generation that runs while other
+    /// sessions touch token objects. Leftovers of a failed attempt are destroyed first.
+    fn generate_retrying(
+        &self,
+        s: &Session,
+        name: &str,
+        number: u64,
+        bits: u32,
+    ) -> Result<(), Fail> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.generate(s, name, number, bits) {
+                Err(Fail::Token(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::GeneralError,
+                    _,
+                ))) if attempt < 3 => {
+                    let id = number.to_string().into_bytes();
+                    for h in s.find_objects(&[Self::label(name), Attribute::Id(id)])? {
+                        let _ = s.destroy_object(h);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Imports `key` as version `number` of `name` (private and public objects). On failure
     /// destroys whatever the token left behind (SoftHSM keeps half-built objects).
     fn import(&self, s: &Session, name: &str, number: u64, key: &RsaPrivate) -> Result<(), Fail> {
@@ -761,7 +789,7 @@ impl Inner {
                 (true, None) => bits,
             };
             let number = existing.last().map_or(1, |v| v.number + 1);
-            self.generate(s, name, number, bits)?;
+            self.generate_retrying(s, name, number, bits)?;
             let h = self.token.private_key(s, name, &number.to_string())?;
             let v = self.read_version(s, h)?.ok_or_else(|| {
                 ProviderError::new(K::Unavailable, "the generated key has no version id")
