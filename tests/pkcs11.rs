@@ -156,6 +156,10 @@ fn unique(prefix: &str) -> String {
 
 /// A raw cryptoki session on the test token: plays "another tool" acting on the token.
 fn raw_session() -> Session {
+    raw_session_on(&fixture().label)
+}
+
+fn raw_session_on(label: &str) -> Session {
     let f = fixture();
     let ctx = Pkcs11::new(&f.module).expect("load module");
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
@@ -166,7 +170,7 @@ fn raw_session() -> Session {
         .get_slots_with_token()
         .expect("slots")
         .into_iter()
-        .find(|s| ctx.get_token_info(*s).is_ok_and(|i| i.label() == f.label))
+        .find(|s| ctx.get_token_info(*s).is_ok_and(|i| i.label() == label))
         .expect("test token");
     let s = ctx.open_rw_session(slot).expect("session");
     match s.login(UserType::User, Some(&AuthPin::from(f.pin.as_str()))) {
@@ -472,6 +476,33 @@ async fn wrong_pin_is_forbidden_at_connect() {
     let again = Pkcs11Provider::connect(on_pin_token("5678"))
         .await
         .expect("right PIN again");
+
+    // Another session logs the whole application out of the token: private-key handles become
+    // stale and private objects invisible. The provider re-finds, logs in again and retries.
+    // (On this token so that the other tests never see the logout.)
+    let name = unique("logout");
+    ok.create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
+    let w = ok
+        .wrap_key(&name, None, WrapAlgorithm::RsaOaep, &[5u8; 32])
+        .await
+        .expect("wrap");
+    ok.unwrap_key(&w).await.expect("unwrap");
+    let raw = raw_session_on(PIN_TOKEN);
+    raw.logout().expect("logout");
+    let got = again
+        .unwrap_key(&w)
+        .await
+        .expect("unwrap after a logout elsewhere");
+    assert_eq!(got.expose_secret(), [5u8; 32]);
+    raw.logout().expect("logout again");
+    assert!(
+        ok.key_properties(&name, None).await.is_ok(),
+        "lookup after a logout elsewhere"
+    );
+    drop(raw);
+    ok.delete_key(&name).await.expect("delete");
     drop((ok, again));
 
     let e = Pkcs11Provider::connect(Pkcs11Config::new(

@@ -227,7 +227,9 @@ impl Token {
         f: impl Fn(&Session) -> Result<T, Fail>,
     ) -> Result<T, ProviderError> {
         let mut s = self.checkout()?;
-        let mut retried = false;
+        // Each recovery is tried at most once per call; they can chain (a logout elsewhere
+        // makes the cached handle stale, and the re-find then finds we are logged out).
+        let (mut reopened, mut relogged, mut refound) = (false, false, false);
         loop {
             match f(&s) {
                 Ok(v) => {
@@ -254,30 +256,34 @@ impl Token {
                                 | RvError::CryptokiNotInitialized
                         )
                     );
-                    if !retried {
-                        retried = true;
-                        match rv {
-                            Some(RvError::SessionHandleInvalid | RvError::SessionClosed) => {
-                                drop(s);
-                                s = self.open_session()?;
-                                continue;
-                            }
-                            Some(RvError::UserNotLoggedIn) => {
-                                self.forget_handles();
-                                match self.login(&s) {
-                                    Ok(()) => continue,
-                                    Err(le) => {
-                                        self.checkin(s);
-                                        return Err(le);
-                                    }
+                    match rv {
+                        Some(RvError::SessionHandleInvalid | RvError::SessionClosed)
+                            if !reopened =>
+                        {
+                            reopened = true;
+                            drop(s);
+                            s = self.open_session()?;
+                            continue;
+                        }
+                        Some(RvError::UserNotLoggedIn) if !relogged => {
+                            relogged = true;
+                            self.forget_handles();
+                            match self.login(&s) {
+                                Ok(()) => continue,
+                                Err(le) => {
+                                    self.checkin(s);
+                                    return Err(le);
                                 }
                             }
-                            Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid) => {
-                                self.forget_handles();
-                                continue;
-                            }
-                            _ => {}
                         }
+                        Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid)
+                            if !refound =>
+                        {
+                            refound = true;
+                            self.forget_handles();
+                            continue;
+                        }
+                        _ => {}
                     }
                     if !broken {
                         self.checkin(s);
