@@ -494,7 +494,7 @@ impl Inner {
             _ => {
                 return Err(Fail::Provider(ProviderError::new(
                     K::WrongKeyType,
-                    format!("key {name} is an RSA key on a PKCS#11 token and cannot do {alg}"),
+                    format!("key {name} cannot do {alg}: the PKCS#11 provider holds RSA keys only"),
                 )));
             }
         };
