@@ -234,7 +234,7 @@ async fn conformance_suite_passes_on_softhsm2() {
         "{report:?}"
     );
     let caps = hsm.capabilities();
-    assert!(!caps.rsa_oaep_sha256 && caps.rsa_oaep_sha1 && caps.disable_version);
+    assert!(!caps.rsa_oaep_sha256 && caps.rsa_oaep_sha1 && caps.disable_version && caps.ec_keys);
     let props = hsm.vault_properties().await.expect("vault properties");
     assert!(!props.soft_delete && !props.purge_protection, "{props:?}");
 }
@@ -634,6 +634,51 @@ fn many_concurrent_unwraps_from_threads_and_tasks() {
     }
     eprintln!("392 concurrent unwraps in {:?}", started.elapsed());
     rt.block_on(hsm.delete_key(&name)).expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ec_keys_are_held_and_refused_for_wrapping() {
+    let hsm = provider().await;
+    let name = unique("ec");
+    let v = hsm
+        .create_key(&name, KeySpec::EcP256)
+        .await
+        .expect("create EC");
+    assert_eq!(
+        v.key_type,
+        byok::KeyType::Ec {
+            curve: "P-256".into()
+        }
+    );
+    assert!(v.public_key.is_none());
+    let e = hsm
+        .wrap_key(&name, None, WrapAlgorithm::RsaOaep, &[1u8; 32])
+        .await
+        .expect_err("EC cannot wrap");
+    assert_eq!(e.kind(), K::WrongKeyType, "{e}");
+    let w = WrappedKey {
+        key_name: name.clone(),
+        key_version: "1".into(),
+        algorithm: WrapAlgorithm::RsaOaep,
+        ciphertext: vec![0; 256],
+    };
+    assert_eq!(
+        hsm.unwrap_key(&w).await.expect_err("EC").kind(),
+        K::WrongKeyType
+    );
+    let v2 = hsm.rotate_key(&name).await.expect("rotate EC");
+    assert_eq!((v2.version.as_str(), v2.key_type), ("2", v.key_type));
+    hsm.set_enabled(&name, "2", false)
+        .await
+        .expect("disable EC");
+    assert_eq!(
+        hsm.key_properties(&name, None)
+            .await
+            .expect("latest")
+            .version,
+        "1"
+    );
+    hsm.delete_key(&name).await.expect("delete");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,16 @@ use crate::crypto::{OaepHash, RsaPrivate, RsaPublic};
 use crate::error::{ProviderError, ProviderErrorKind as K};
 use crate::secret::{SecretBytes, SecretString};
 
+/// DER of the P-256 curve OID (1.2.840.10045.3.1.7), the `CKA_EC_PARAMS` of P-256 keys.
+const P256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// What to generate.
+#[derive(Clone, Copy)]
+enum Gen {
+    Rsa(u32),
+    EcP256,
+}
+
 /// Longest secret this provider wraps (account keys are 32 bytes).
 const MAX_WRAP_INPUT: usize = 512;
 
@@ -451,7 +461,10 @@ impl Inner {
                     .unwrap_or(0),
             },
             Some(t) if t == P11KeyType::EC => KeyType::Ec {
-                curve: "unknown".into(),
+                curve: match s.get_attributes(v.private, &[AttributeType::EcParams]) {
+                    Ok(a) if a.contains(&Attribute::EcParams(P256_OID.to_vec())) => "P-256".into(),
+                    _ => "unknown".into(),
+                },
             },
             _ => KeyType::Ec {
                 curve: "unknown".into(),
@@ -466,6 +479,8 @@ impl Inner {
             if v.unwrap {
                 operations.push(KeyOperation::UnwrapKey);
             }
+        } else if v.decrypt {
+            operations.extend([KeyOperation::Sign, KeyOperation::Verify]);
         }
         Ok(KeyProperties {
             vault: self.props.host.clone(),
@@ -618,8 +633,12 @@ impl Inner {
     }
 
     /// Generates version `number` of `name` on the token.
-    fn generate(&self, s: &Session, name: &str, number: u64, bits: u32) -> Result<(), Fail> {
+    fn generate(&self, s: &Session, name: &str, number: u64, plan: Gen) -> Result<(), Fail> {
         let id = number.to_string().into_bytes();
+        let bits = match plan {
+            Gen::Rsa(bits) => bits,
+            Gen::EcP256 => return self.generate_ec(s, name, id),
+        };
         let public = [
             Attribute::Token(true),
             Attribute::Private(false),
@@ -647,6 +666,32 @@ impl Inner {
         Ok(())
     }
 
+    /// An EC P-256 key pair: held only so that policies can see and refuse it. `CKA_DECRYPT`
+    /// is set (and cleared to disable it) like on RSA keys, so the convention holds for it.
+    fn generate_ec(&self, s: &Session, name: &str, id: Vec<u8>) -> Result<(), Fail> {
+        let public = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Self::label(name),
+            Attribute::Id(id.clone()),
+            Attribute::EcParams(P256_OID.to_vec()),
+            Attribute::Verify(true),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Self::label(name),
+            Attribute::Id(id),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Modifiable(true),
+            Attribute::Sign(true),
+            Attribute::Decrypt(true),
+        ];
+        s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
+        Ok(())
+    }
+
     /// [`Self::generate`], tried up to three times on `CKR_GENERAL_ERROR`: SoftHSM 2.6 with
     /// the file object store now and then fails a key-pair generation that runs while other
     /// sessions touch token objects. Leftovers of a failed attempt are destroyed first.
@@ -655,12 +700,12 @@ impl Inner {
         s: &Session,
         name: &str,
         number: u64,
-        bits: u32,
+        plan: Gen,
     ) -> Result<(), Fail> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.generate(s, name, number, bits) {
+            match self.generate(s, name, number, plan) {
                 Err(Fail::Token(cryptoki::error::Error::Pkcs11(
                     cryptoki::error::RvError::GeneralError,
                     _,
@@ -757,39 +802,42 @@ impl Inner {
         self.admin.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn create(&self, name: &str, bits: u32, first: bool) -> Result<KeyProperties, ProviderError> {
+    /// Creates key `name` with `spec` (its first version), or with `None` adds a version of
+    /// the same type as the newest one.
+    fn create(&self, name: &str, spec: Option<Gen>) -> Result<KeyProperties, ProviderError> {
         let _g = self.admin_lock();
         self.token.with_session(&format!("create key {name}"), |s| {
             let existing = self.versions(s, name)?;
-            let bits = match (first, existing.last()) {
-                (true, Some(_)) => {
+            let plan = match (spec, existing.last()) {
+                (Some(_), Some(_)) => {
                     return Err(Fail::Provider(ProviderError::new(
                         K::Conflict,
                         format!("key {name} already exists"),
                     )));
                 }
-                (false, None) => {
+                (None, None) => {
                     return Err(Fail::Provider(ProviderError::new(
                         K::KeyNotFound,
                         format!("no key {name} on the token"),
                     )));
                 }
-                (false, Some(last)) => {
+                (None, Some(last)) => {
                     let props = self.properties(s, name, last)?;
                     match props.key_type {
-                        KeyType::Rsa { bits } if bits > 0 => bits,
-                        _ => {
+                        KeyType::Rsa { bits } if bits > 0 => Gen::Rsa(bits),
+                        KeyType::Ec { curve } if curve == "P-256" => Gen::EcP256,
+                        other => {
                             return Err(Fail::Provider(ProviderError::new(
                                 K::Unsupported,
-                                format!("key {name} is not an RSA key; only RSA keys rotate here"),
+                                format!("key {name} is {other}: no new version of it can be made"),
                             )));
                         }
                     }
                 }
-                (true, None) => bits,
+                (Some(plan), None) => plan,
             };
             let number = existing.last().map_or(1, |v| v.number + 1);
-            self.generate_retrying(s, name, number, bits)?;
+            self.generate_retrying(s, name, number, plan)?;
             let h = self.token.private_key(s, name, &number.to_string())?;
             let v = self.read_version(s, h)?.ok_or_else(|| {
                 ProviderError::new(K::Unavailable, "the generated key has no version id")
@@ -850,7 +898,7 @@ impl VaultAdmin for Pkcs11Provider {
             disable_version: true,
             import_pem: true,
             aes_keys: false,
-            ec_keys: false,
+            ec_keys: true,
             rsa_oaep_sha256: self.inner.config.oaep_hash == OaepHash::Sha256,
             rsa_oaep_sha1: true,
         }
@@ -858,8 +906,9 @@ impl VaultAdmin for Pkcs11Provider {
 
     async fn create_key(&self, name: &str, spec: KeySpec) -> Result<KeyProperties, ProviderError> {
         check_name(name)?;
-        let bits = match spec {
-            KeySpec::Rsa(bits @ (1024 | 2048 | 3072 | 4096)) => bits,
+        let plan = match spec {
+            KeySpec::Rsa(bits @ (1024 | 2048 | 3072 | 4096)) => Gen::Rsa(bits),
+            KeySpec::EcP256 => Gen::EcP256,
             KeySpec::Rsa(bits) => {
                 return Err(ProviderError::new(
                     K::InvalidRequest,
@@ -869,12 +918,12 @@ impl VaultAdmin for Pkcs11Provider {
             other => {
                 return Err(ProviderError::new(
                     K::Unsupported,
-                    format!("the PKCS#11 provider creates RSA keys only, not {other:?}"),
+                    format!("the PKCS#11 provider creates RSA and EC P-256 keys, not {other:?}"),
                 ));
             }
         };
         let name = name.to_owned();
-        self.blocking(move |i| i.create(&name, bits, true)).await
+        self.blocking(move |i| i.create(&name, Some(plan))).await
     }
 
     async fn import_rsa_pem(&self, name: &str, pem: &str) -> Result<KeyProperties, ProviderError> {
@@ -899,7 +948,7 @@ impl VaultAdmin for Pkcs11Provider {
 
     async fn rotate_key(&self, name: &str) -> Result<KeyProperties, ProviderError> {
         let name = name.to_owned();
-        self.blocking(move |i| i.create(&name, 0, false)).await
+        self.blocking(move |i| i.create(&name, None)).await
     }
 
     async fn list_versions(&self, name: &str) -> Result<Vec<KeyProperties>, ProviderError> {
