@@ -234,7 +234,13 @@ async fn conformance_suite_passes_on_softhsm2() {
         "{report:?}"
     );
     let caps = hsm.capabilities();
-    assert!(!caps.rsa_oaep_sha256 && caps.rsa_oaep_sha1 && caps.disable_version && caps.ec_keys);
+    assert!(
+        !caps.rsa_oaep_sha256
+            && caps.rsa_oaep_sha1
+            && caps.disable_version
+            && caps.ec_keys
+            && caps.aes_keys
+    );
     let props = hsm.vault_properties().await.expect("vault properties");
     assert!(!props.soft_delete && !props.purge_protection, "{props:?}");
 }
@@ -679,6 +685,94 @@ async fn ec_keys_are_held_and_refused_for_wrapping() {
         "1"
     );
     hsm.delete_key(&name).await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aes_key_wrap_runs_on_the_token() {
+    let hsm = provider().await;
+    let name = unique("aes");
+    let v = hsm
+        .create_key(&name, KeySpec::Aes256)
+        .await
+        .expect("create AES");
+    assert_eq!(v.key_type, byok::KeyType::Aes { bits: 256 });
+    let s = raw_session();
+    let h = objects(&s, ObjectClass::SECRET_KEY, &name, "1");
+    assert_eq!(h.len(), 1);
+    let attrs = s
+        .get_attributes(
+            h[0],
+            &[AttributeType::Sensitive, AttributeType::Extractable],
+        )
+        .expect("attributes");
+    assert!(
+        attrs.contains(&Attribute::Sensitive(true))
+            && attrs.contains(&Attribute::Extractable(false))
+    );
+    let secret = [0x33u8; 32];
+    let w = hsm
+        .wrap_key(&name, None, WrapAlgorithm::A256Kw, &secret)
+        .await
+        .expect("wrap");
+    assert_eq!(w.ciphertext.len(), 40);
+    assert_eq!(
+        hsm.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        secret
+    );
+    for bad in [w.ciphertext[..39].to_vec(), {
+        let mut b = w.ciphertext.clone();
+        b[5] ^= 1;
+        b
+    }] {
+        let e = hsm
+            .unwrap_key(&WrappedKey {
+                ciphertext: bad,
+                ..w.clone()
+            })
+            .await
+            .expect_err("corrupted");
+        assert_eq!(e.kind(), K::UnwrapFailed, "{e}");
+    }
+    let e = hsm
+        .wrap_key(&name, None, WrapAlgorithm::A256Kw, &[1u8; 20])
+        .await
+        .expect_err("not a multiple of 8");
+    assert_eq!(e.kind(), K::InvalidRequest, "{e}");
+    let e = hsm
+        .wrap_key(&name, None, WrapAlgorithm::RsaOaep, &secret)
+        .await
+        .expect_err("RSA-OAEP with AES");
+    assert_eq!(e.kind(), K::WrongKeyType, "{e}");
+    hsm.set_enabled(&name, "1", false).await.expect("disable");
+    assert_eq!(
+        hsm.unwrap_key(&w).await.expect_err("disabled").kind(),
+        K::KeyDisabled
+    );
+    // Disabled on the token, behind the provider's back only for CKA_UNWRAP: the token refuses.
+    hsm.set_enabled(&name, "1", true).await.expect("enable");
+    s.update_attributes(h[0], &[Attribute::Unwrap(false)])
+        .expect("clear CKA_UNWRAP");
+    let e = hsm.unwrap_key(&w).await.expect_err("CKA_UNWRAP false");
+    assert_eq!(e.kind(), K::KeyDisabled, "{e}");
+    s.update_attributes(h[0], &[Attribute::Unwrap(true)])
+        .expect("set CKA_UNWRAP");
+    let v2 = hsm.rotate_key(&name).await.expect("rotate");
+    assert_eq!(
+        (v2.version.as_str(), v2.key_type),
+        ("2", byok::KeyType::Aes { bits: 256 })
+    );
+    assert_eq!(
+        hsm.unwrap_key(&w)
+            .await
+            .expect("old version")
+            .expose_secret(),
+        secret
+    );
+    hsm.delete_key(&name).await.expect("delete");
+    assert_eq!(
+        hsm.unwrap_key(&w).await.expect_err("deleted").kind(),
+        K::KeyNotFound
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,12 @@
 //! A [`KeyProvider`] over a PKCS#11 token (an HSM; SoftHSM2 in the tests), feature `pkcs11`.
 //!
-//! Conventions (see `docs/PKCS11.md`): a key version is an RSA key pair whose two objects
-//! carry `CKA_LABEL` = key name and `CKA_ID` = version as ASCII decimal (`"1"`, `"2"`, …);
-//! "latest" is the highest version whose private key has `CKA_DECRYPT = true`; disabling a
-//! version clears `CKA_DECRYPT`/`CKA_UNWRAP` on the private key and `CKA_ENCRYPT`/`CKA_WRAP` on
-//! the public key; deleting a key destroys its objects (no soft-delete). Unwrap runs on the
-//! token (`C_Decrypt` with `CKM_RSA_PKCS_OAEP`); wrap uses the public key in software.
+//! Conventions (see `docs/PKCS11.md`): a key version is an RSA (or EC) key pair, or an AES
+//! secret key, whose objects carry `CKA_LABEL` = key name and `CKA_ID` = version as ASCII
+//! decimal (`"1"`, `"2"`, …); "latest" is the highest version whose private (or secret) key has
+//! `CKA_DECRYPT = true`; disabling a version clears `CKA_DECRYPT`/`CKA_UNWRAP` on the private
+//! key and `CKA_ENCRYPT`/`CKA_WRAP` on the public key; deleting a key destroys its objects (no
+//! soft-delete). RSA unwrap runs on the token (`C_Decrypt` with `CKM_RSA_PKCS_OAEP`) and wrap
+//! uses the public key in software; `A256KW` runs on the token both ways (`CKM_AES_KEY_WRAP`).
 
 mod pool;
 mod token;
@@ -41,6 +42,16 @@ const P256_OID: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01
 enum Gen {
     Rsa(u32),
     EcP256,
+    Aes256,
+}
+
+/// How a version wraps and unwraps.
+#[derive(Clone, Copy)]
+enum Op {
+    /// `CKM_RSA_PKCS_OAEP` with this hash (wrap in software, unwrap on the token).
+    Oaep(OaepHash),
+    /// `CKM_AES_KEY_WRAP` (RFC 3394) on the token, both ways.
+    AesKw,
 }
 
 /// Longest secret this provider wraps (account keys are 32 bytes).
@@ -180,8 +191,9 @@ impl fmt::Debug for Pkcs11Config {
     }
 }
 
-/// Keys on a PKCS#11 token: a [`KeyProvider`] (unwrap on the token, wrap with the public key)
-/// and the [`VaultAdmin`] surface (generate, import, rotate, disable, destroy).
+/// Keys on a PKCS#11 token: a [`KeyProvider`] (unwrap on the token, RSA wrap with the public
+/// key) and the [`VaultAdmin`] surface (generate RSA/AES/EC, import RSA, rotate, disable,
+/// destroy).
 ///
 /// The token login is the identity: there are no per-identity access policies, and
 /// [`VaultAdmin::provider_for`] returns a provider sharing this login. Clones share the same
@@ -269,6 +281,8 @@ struct VersionInfo {
     unwrap: bool,
     modulus: Option<Vec<u8>>,
     exponent: Option<Vec<u8>>,
+    /// Key length in bytes (AES keys).
+    value_len: Option<u64>,
 }
 
 impl VersionInfo {
@@ -278,6 +292,10 @@ impl VersionInfo {
 
     fn is_rsa(&self) -> bool {
         self.key_type == Some(P11KeyType::RSA)
+    }
+
+    fn is_aes(&self) -> bool {
+        self.key_type == Some(P11KeyType::AES)
     }
 }
 
@@ -345,6 +363,7 @@ impl Inner {
             unwrap: false,
             modulus: None,
             exponent: None,
+            value_len: None,
         };
         let mut number = None;
         for a in attrs {
@@ -358,18 +377,30 @@ impl Inner {
                 _ => {}
             }
         }
+        if v.is_aes() {
+            // Separately: CKA_VALUE_LEN is not an attribute of RSA/EC private keys.
+            for a in s.get_attributes(h, &[AttributeType::ValueLen])? {
+                if let Attribute::ValueLen(n) = a {
+                    v.value_len = Some(*n);
+                }
+            }
+        }
         Ok(number.map(|n| VersionInfo { number: n, ..v }))
     }
 
     /// Every version of `name`, oldest first (empty if there is none).
     fn versions(&self, s: &Session, name: &str) -> Result<Vec<VersionInfo>, Fail> {
-        let handles = self.token.find(
+        let mut handles = self.token.find(
             s,
             &[
                 Attribute::Class(ObjectClass::PRIVATE_KEY),
                 Self::label(name),
             ],
         )?;
+        handles.extend(self.token.find(
+            s,
+            &[Attribute::Class(ObjectClass::SECRET_KEY), Self::label(name)],
+        )?);
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
             if let Some(v) = self.read_version(s, h)? {
@@ -466,6 +497,12 @@ impl Inner {
                     _ => "unknown".into(),
                 },
             },
+            Some(t) if t == P11KeyType::AES => KeyType::Aes {
+                bits: v
+                    .value_len
+                    .and_then(|n| u32::try_from(n * 8).ok())
+                    .unwrap_or(0),
+            },
             _ => KeyType::Ec {
                 curve: "unknown".into(),
             },
@@ -479,6 +516,13 @@ impl Inner {
             if v.unwrap {
                 operations.push(KeyOperation::UnwrapKey);
             }
+        } else if v.is_aes() && v.decrypt {
+            operations.extend([
+                KeyOperation::WrapKey,
+                KeyOperation::UnwrapKey,
+                KeyOperation::Encrypt,
+                KeyOperation::Decrypt,
+            ]);
         } else if v.decrypt {
             operations.extend([KeyOperation::Sign, KeyOperation::Verify]);
         }
@@ -497,31 +541,28 @@ impl Inner {
     }
 
     /// Refuses an algorithm the key or the token's OAEP setting cannot do.
-    fn check_algorithm(
-        &self,
-        name: &str,
-        v: &VersionInfo,
-        alg: WrapAlgorithm,
-    ) -> Result<OaepHash, Fail> {
+    fn check_algorithm(&self, name: &str, v: &VersionInfo, alg: WrapAlgorithm) -> Result<Op, Fail> {
         let hash = match alg {
-            WrapAlgorithm::RsaOaep256 => OaepHash::Sha256,
-            WrapAlgorithm::RsaOaep => OaepHash::Sha1,
+            WrapAlgorithm::A256Kw if v.is_aes() => return Ok(Op::AesKw),
+            WrapAlgorithm::RsaOaep256 if v.is_rsa() => OaepHash::Sha256,
+            WrapAlgorithm::RsaOaep if v.is_rsa() => OaepHash::Sha1,
             _ => {
+                let what = if v.is_rsa() {
+                    "an RSA key"
+                } else if v.is_aes() {
+                    "an AES key"
+                } else {
+                    "neither an RSA nor an AES key"
+                };
                 return Err(Fail::Provider(ProviderError::new(
                     K::WrongKeyType,
-                    format!("key {name} cannot do {alg}: the PKCS#11 provider holds RSA keys only"),
+                    format!(
+                        "key {name} version {} is {what} and cannot do {alg}",
+                        v.number
+                    ),
                 )));
             }
         };
-        if !v.is_rsa() {
-            return Err(Fail::Provider(ProviderError::new(
-                K::WrongKeyType,
-                format!(
-                    "key {name} version {} is not an RSA key and cannot do {alg}",
-                    v.number
-                ),
-            )));
-        }
         if hash == OaepHash::Sha256 && self.config.oaep_hash == OaepHash::Sha1 {
             return Err(Fail::Provider(ProviderError::new(
                 K::InvalidRequest,
@@ -532,7 +573,65 @@ impl Inner {
                 ),
             )));
         }
-        Ok(hash)
+        Ok(Op::Oaep(hash))
+    }
+
+    /// `C_WrapKey` with `CKM_AES_KEY_WRAP` of `key` (a temporary session object) under `kek`.
+    fn aes_wrap(&self, s: &Session, kek: ObjectHandle, key: &[u8]) -> Result<Vec<u8>, Fail> {
+        let mut template = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(P11KeyType::GENERIC_SECRET),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::Value(key.to_vec()),
+        ];
+        let tmp = s.create_object(&template);
+        for a in &mut template {
+            if let Attribute::Value(v) = a {
+                zeroize::Zeroize::zeroize(v);
+            }
+        }
+        let tmp = tmp?;
+        let r = s.wrap_key(&Mechanism::AesKeyWrap, kek, tmp);
+        let _ = s.destroy_object(tmp);
+        Ok(r?)
+    }
+
+    /// `C_UnwrapKey` with `CKM_AES_KEY_WRAP` into a temporary session object, read back.
+    fn aes_unwrap(
+        &self,
+        s: &Session,
+        kek: ObjectHandle,
+        wrapped: &[u8],
+    ) -> Result<SecretBytes, Fail> {
+        let tmp = s.unwrap_key(
+            &Mechanism::AesKeyWrap,
+            kek,
+            wrapped,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(P11KeyType::GENERIC_SECRET),
+                Attribute::Token(false),
+                Attribute::Sensitive(false),
+                // Without it the object defaults to non-extractable and CKA_VALUE is withheld.
+                Attribute::Extractable(true),
+            ],
+        )?;
+        let attrs = s.get_attributes(tmp, &[AttributeType::Value]);
+        let _ = s.destroy_object(tmp);
+        attrs?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => Some(SecretBytes::new(v)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Fail::Provider(ProviderError::new(
+                    K::Unavailable,
+                    "the token did not return the unwrapped key",
+                ))
+            })
     }
 
     fn wrap(
@@ -542,37 +641,53 @@ impl Inner {
         alg: WrapAlgorithm,
         key: &[u8],
     ) -> Result<WrappedKey, ProviderError> {
-        let (v, public) = self
-            .token
-            .with_session(&format!("wrap with key {name}"), |s| {
-                let v = self.resolve(s, name, version)?;
-                if !v.decrypt {
-                    return Err(Fail::Provider(ProviderError::new(
-                        K::KeyDisabled,
-                        format!("version {} of key {name} is disabled", v.number),
-                    )));
-                }
-                self.check_algorithm(name, &v, alg)?;
-                let public = self.public_key(s, name, &v)?;
-                Ok((v.version(), public))
-            })?;
-        let hash = if alg == WrapAlgorithm::RsaOaep {
-            OaepHash::Sha1
-        } else {
-            OaepHash::Sha256
-        };
-        let Some(public) = public else {
-            return Err(ProviderError::new(
-                K::Unavailable,
-                format!("the token did not disclose the public key of {name} version {v}"),
-            ));
-        };
         if key.is_empty() || key.len() > MAX_WRAP_INPUT {
             return Err(ProviderError::new(
                 K::InvalidRequest,
                 format!("a wrapped secret is 1 to {MAX_WRAP_INPUT} bytes"),
             ));
         }
+        if alg == WrapAlgorithm::A256Kw && (key.len() < 16 || !key.len().is_multiple_of(8)) {
+            return Err(ProviderError::new(
+                K::InvalidRequest,
+                "A256KW wraps secrets of 16 bytes or more, in multiples of 8",
+            ));
+        }
+        let (v, hash, public, done) =
+            self.token
+                .with_session(&format!("wrap with key {name}"), |s| {
+                    let v = self.resolve(s, name, version)?;
+                    if !v.decrypt {
+                        return Err(Fail::Provider(ProviderError::new(
+                            K::KeyDisabled,
+                            format!("version {} of key {name} is disabled", v.number),
+                        )));
+                    }
+                    match self.check_algorithm(name, &v, alg)? {
+                        Op::AesKw => {
+                            let ct = self.aes_wrap(s, v.private, key)?;
+                            Ok((v.version(), OaepHash::Sha256, None, Some(ct)))
+                        }
+                        Op::Oaep(hash) => {
+                            let public = self.public_key(s, name, &v)?;
+                            Ok((v.version(), hash, public, None))
+                        }
+                    }
+                })?;
+        if let Some(ciphertext) = done {
+            return Ok(WrappedKey {
+                key_name: name.to_owned(),
+                key_version: v,
+                algorithm: alg,
+                ciphertext,
+            });
+        }
+        let Some(public) = public else {
+            return Err(ProviderError::new(
+                K::Unavailable,
+                format!("the token did not disclose the public key of {name} version {v}"),
+            ));
+        };
         let ciphertext = public
             .encrypt_oaep(hash, key, b"")
             .map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))?;
@@ -611,8 +726,12 @@ impl Inner {
                 unwrap: true,
                 modulus: None,
                 exponent: None,
+                value_len: None,
             };
-            let hash = self.check_algorithm(name, &info, w.algorithm)?;
+            let hash = match self.check_algorithm(name, &info, w.algorithm)? {
+                Op::AesKw => return self.aes_unwrap(s, info.private, &w.ciphertext),
+                Op::Oaep(hash) => hash,
+            };
             let mech = oaep_mechanism(hash);
             match s.decrypt(&mech, info.private, &w.ciphertext) {
                 Ok(pt) => Ok(SecretBytes::new(pt)),
@@ -638,6 +757,26 @@ impl Inner {
         let bits = match plan {
             Gen::Rsa(bits) => bits,
             Gen::EcP256 => return self.generate_ec(s, name, id),
+            Gen::Aes256 => {
+                s.generate_key(
+                    &Mechanism::AesKeyGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Self::label(name),
+                        Attribute::Id(id),
+                        Attribute::ValueLen(32u64.into()),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Modifiable(true),
+                        Attribute::Encrypt(true),
+                        Attribute::Decrypt(true),
+                        Attribute::Wrap(true),
+                        Attribute::Unwrap(true),
+                    ],
+                )?;
+                return Ok(());
+            }
         };
         let public = [
             Attribute::Token(true),
@@ -826,6 +965,7 @@ impl Inner {
                     match props.key_type {
                         KeyType::Rsa { bits } if bits > 0 => Gen::Rsa(bits),
                         KeyType::Ec { curve } if curve == "P-256" => Gen::EcP256,
+                        KeyType::Aes { bits: 256 } => Gen::Aes256,
                         other => {
                             return Err(Fail::Provider(ProviderError::new(
                                 K::Unsupported,
@@ -897,7 +1037,7 @@ impl VaultAdmin for Pkcs11Provider {
             access_policies: false,
             disable_version: true,
             import_pem: true,
-            aes_keys: false,
+            aes_keys: true,
             ec_keys: true,
             rsa_oaep_sha256: self.inner.config.oaep_hash == OaepHash::Sha256,
             rsa_oaep_sha1: true,
@@ -909,16 +1049,11 @@ impl VaultAdmin for Pkcs11Provider {
         let plan = match spec {
             KeySpec::Rsa(bits @ (1024 | 2048 | 3072 | 4096)) => Gen::Rsa(bits),
             KeySpec::EcP256 => Gen::EcP256,
+            KeySpec::Aes256 => Gen::Aes256,
             KeySpec::Rsa(bits) => {
                 return Err(ProviderError::new(
                     K::InvalidRequest,
                     format!("RSA keys are 1024, 2048, 3072 or 4096 bits, not {bits}"),
-                ));
-            }
-            other => {
-                return Err(ProviderError::new(
-                    K::Unsupported,
-                    format!("the PKCS#11 provider creates RSA and EC P-256 keys, not {other:?}"),
                 ));
             }
         };
@@ -982,6 +1117,18 @@ impl VaultAdmin for Pkcs11Provider {
                 &format!("enable/disable key {name} version {version}"),
                 |s| {
                     let v = i.resolve(s, &name, Some(&version))?;
+                    if v.is_aes() {
+                        s.update_attributes(
+                            v.private,
+                            &[
+                                Attribute::Decrypt(enabled),
+                                Attribute::Unwrap(enabled),
+                                Attribute::Encrypt(enabled),
+                                Attribute::Wrap(enabled),
+                            ],
+                        )?;
+                        return Ok(());
+                    }
                     s.update_attributes(
                         v.private,
                         &[Attribute::Decrypt(enabled), Attribute::Unwrap(enabled)],

@@ -330,7 +330,8 @@ impl Token {
         Ok(found)
     }
 
-    /// The private key of `name` at `version` (hint first, then a search).
+    /// The key object of `name` at `version`: its private key, or its secret key for AES
+    /// (hint first, then a search).
     pub(super) fn private_key(
         &self,
         s: &Session,
@@ -346,14 +347,20 @@ impl Token {
         {
             return Ok(*h);
         }
-        let found = self.find(
-            s,
-            &[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::Label(name.as_bytes().to_vec()),
-                Attribute::Id(version.as_bytes().to_vec()),
-            ],
-        )?;
+        let mut found = Vec::new();
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY] {
+            found = self.find(
+                s,
+                &[
+                    Attribute::Class(class),
+                    Attribute::Label(name.as_bytes().to_vec()),
+                    Attribute::Id(version.as_bytes().to_vec()),
+                ],
+            )?;
+            if !found.is_empty() {
+                break;
+            }
+        }
         let Some(h) = found.first().copied() else {
             return Err(Fail::Provider(ProviderError::new(
                 K::KeyNotFound,
@@ -408,7 +415,8 @@ pub(super) fn map_error(e: &P11Error, what: &str) -> ProviderError {
             K::UnwrapFailed
         }
         // SoftHSM reports a bad OAEP ciphertext as a general error at C_Decrypt.
-        R::GeneralError if matches!(f, Function::Decrypt) => K::UnwrapFailed,
+        R::GeneralError if matches!(f, Function::Decrypt | Function::UnwrapKey) => K::UnwrapFailed,
+        R::WrappedKeyInvalid | R::WrappedKeyLenRange => K::UnwrapFailed,
         R::ArgumentsBad
         | R::MechanismInvalid
         | R::MechanismParamInvalid
