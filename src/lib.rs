@@ -39,6 +39,8 @@ pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind}
 pub use crate::key_id::KeyId;
 pub use crate::provider::fault::{FaultInjector, ProviderOp};
 pub use crate::provider::memory::{InMemoryProvider, InMemoryVault};
+#[cfg(feature = "pkcs11")]
+pub use crate::provider::pkcs11::{Pkcs11Config, Pkcs11Provider};
 #[cfg(feature = "transit")]
 pub use crate::provider::transit::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider};
 pub use crate::provider::{

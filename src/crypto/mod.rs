@@ -14,9 +14,7 @@ pub(crate) use rustcrypto::RsaPrivate;
 pub use rustcrypto::RsaPublic;
 pub(crate) use rustcrypto::{Gcm, Kek, hkdf_expand_sha256, hkdf_sha256};
 #[allow(unused_imports)] // used by optional providers
-pub(crate) use rustcrypto::sha256;
-#[cfg(test)]
-pub(crate) use rustcrypto::hmac_sha256;
+pub(crate) use rustcrypto::{hmac_sha256, sha256};
 
 /// Length of an AES-GCM nonce (96 bits).
 pub(crate) const GCM_NONCE_LEN: usize = 12;

@@ -326,6 +326,30 @@ impl RsaPrivate {
         self.0.size() * 8
     }
 
+    /// The big-endian components `[n, e, d, p, q, d mod (p-1), d mod (q-1), q^-1 mod p]` in
+    /// wiping buffers (what a PKCS#11 token needs to import the key). `None` for a key with
+    /// more than two primes or without precomputed CRT values.
+    #[cfg(feature = "pkcs11")]
+    pub(crate) fn crt_components(&self) -> Option<[Zeroizing<Vec<u8>>; 8]> {
+        use rsa::traits::PrivateKeyParts;
+        let b = |x: &BoxedUint| Zeroizing::new(x.to_be_bytes_trimmed_vartime().into_vec());
+        let primes = self.0.primes();
+        if primes.len() != 2 {
+            return None;
+        }
+        let qinv = self.0.crt_coefficient()?;
+        Some([
+            b(self.0.n().as_ref()),
+            b(self.0.e()),
+            b(self.0.d()),
+            b(primes[0].as_ref()),
+            b(primes[1].as_ref()),
+            b(self.0.dp()?),
+            b(self.0.dq()?),
+            b(&qinv),
+        ])
+    }
+
     /// RSA-OAEP decryption (RFC 8017 §7.1.2) with the label `label` (empty for key
     /// wrapping). Blinded. Any failure is the opaque [`Error::Decryption`].
     ///

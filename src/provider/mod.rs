@@ -17,6 +17,8 @@ use crate::secret::SecretBytes;
 pub(crate) mod conformance;
 pub(crate) mod fault;
 pub(crate) mod memory;
+#[cfg(feature = "pkcs11")]
+pub(crate) mod pkcs11;
 pub(crate) mod soft;
 #[cfg(feature = "transit")]
 pub(crate) mod transit;
