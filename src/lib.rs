@@ -16,6 +16,8 @@ pub use crate::crypto::{OaepHash, RsaPublic};
 pub use crate::error::{Error, ProviderError, ProviderErrorKind};
 pub use crate::key_id::KeyId;
 pub use crate::provider::fault::{FaultInjector, ProviderOp};
+#[cfg(unix)]
+pub use crate::provider::file::{Argon2Params, FileProvider, FileVault, FileVaultOptions};
 pub use crate::provider::memory::{InMemoryProvider, InMemoryVault};
 pub use crate::provider::{
     AdminCapabilities, Identity, KeyOperation, KeyProperties, KeyProvider, KeySpec, KeyType,

@@ -1,0 +1,2 @@
+//! Stub (replaced below).
+fn main() {}
