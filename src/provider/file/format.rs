@@ -291,8 +291,8 @@ impl FileId {
     }
 }
 
-/// Where each version's material lives: `(key name, version)` → file.
-pub(super) type FileMap = BTreeMap<(String, String), FileId>;
+/// Where each version's material lives: key name → version → file.
+pub(super) type FileMap = BTreeMap<String, BTreeMap<String, FileId>>;
 
 /// A version as the state file describes it (material not loaded).
 pub(super) struct StateVersion {
@@ -358,7 +358,8 @@ pub(super) fn write_state(
             w.time(v.created)?;
             w.key_type(&v.material.key_type());
             let id = files
-                .get(&(name.clone(), v.version.clone()))
+                .get(name)
+                .and_then(|m| m.get(&v.version))
                 .ok_or(Malformed::Bad("a version has no key file"))?;
             w.raw(&id.0);
         }
@@ -551,7 +552,10 @@ pub(super) fn assemble<E>(
         };
         for v in &k.versions {
             let material = load(&k.name, v)?;
-            files.insert((k.name.clone(), v.version.clone()), v.file);
+            files
+                .entry(k.name.clone())
+                .or_default()
+                .insert(v.version.clone(), v.file);
             entry.versions.push(crate::provider::soft::Version {
                 version: v.version.clone(),
                 material,
@@ -765,7 +769,10 @@ mod tests {
         let mut files = FileMap::new();
         for (n, e) in &st.keys {
             for v in &e.versions {
-                files.insert((n.clone(), v.version.clone()), FileId::random());
+                files
+                    .entry(n.clone())
+                    .or_default()
+                    .insert(v.version.clone(), FileId::random());
             }
         }
         (st, files)

@@ -25,7 +25,7 @@ mod format;
 mod fsio;
 
 use core::fmt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -508,7 +508,11 @@ impl FileVault {
         let snap = Self::load(&partial, None)?;
         // Key files nothing refers to: versions whose change crashed before the state
         // committed (never acknowledged), or purged versions whose removal was interrupted.
-        let referenced: std::collections::HashSet<FileId> = snap.files.values().copied().collect();
+        let referenced: HashSet<FileId> = snap
+            .files
+            .values()
+            .flat_map(|m| m.values().copied())
+            .collect();
         let mut removed = 0;
         for entry in fs::read_dir(&keys_dir).map_err(|e| io_err(&keys_dir, &e))? {
             let entry = entry.map_err(|e| io_err(&keys_dir, &e))?;
@@ -604,14 +608,11 @@ impl FileVault {
         let generation = rec.generation;
         let mut reuse: HashMap<FileId, Material> = HashMap::new();
         if let Some(prev) = prev {
-            for ((name, version), id) in &prev.files {
-                if let Some(v) = prev
-                    .state
-                    .keys
-                    .get(name)
-                    .and_then(|e| e.versions.iter().find(|v| &v.version == version))
-                {
-                    reuse.insert(*id, v.material.clone());
+            for (name, entry) in &prev.state.keys {
+                for v in &entry.versions {
+                    if let Some(id) = prev.files.get(name).and_then(|m| m.get(&v.version)) {
+                        reuse.insert(*id, v.material.clone());
+                    }
                 }
             }
         }
@@ -669,9 +670,9 @@ impl FileVault {
         let out = state.apply(change)?;
         let mut files = base.files.clone();
         for (name, entry) in &state.keys {
+            let known = files.entry(name.clone()).or_default();
             for v in &entry.versions {
-                let slot = (name.clone(), v.version.clone());
-                if files.contains_key(&slot) {
+                if known.contains_key(&v.version) {
                     continue;
                 }
                 let id = FileId::random();
@@ -689,19 +690,31 @@ impl FileVault {
                 let file_name = rel.rsplit('/').next().unwrap_or(&rel);
                 fsio::write_atomic(&keys_dir, file_name, &bytes)
                     .map_err(|e| io_err(&dir.join(&rel), &e))?;
-                files.insert(slot, id);
+                known.insert(v.version.clone(), id);
             }
         }
+        // Versions that are gone (purge, or delete without soft-delete): their files are
+        // removed once the state no longer refers to them.
         let mut dropped = Vec::new();
-        files.retain(|(name, version), id| {
-            let live = state
-                .keys
-                .get(name)
-                .is_some_and(|e| e.versions.iter().any(|v| &v.version == version));
-            if !live {
-                dropped.push(*id);
+        files.retain(|name, known| match state.keys.get(name) {
+            None => {
+                dropped.extend(known.values().copied());
+                false
             }
-            live
+            Some(entry) => {
+                if known.len() != entry.versions.len() {
+                    let live: HashSet<&str> =
+                        entry.versions.iter().map(|v| v.version.as_str()).collect();
+                    known.retain(|version, id| {
+                        let keep = live.contains(version.as_str());
+                        if !keep {
+                            dropped.push(*id);
+                        }
+                        keep
+                    });
+                }
+                true
+            }
         });
         let generation = base.generation + 1;
         let bytes = format::write_state(
