@@ -271,6 +271,41 @@ async fn reopen_keeps_everything() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Deletion times are persisted: purge protection still holds after a reopen and ends with
+/// the retention period, measured on the injected clock.
+#[tokio::test]
+async fn retention_survives_reopen() {
+    let dir = fresh_dir("retention");
+    let clock = byok::ManualClock::default();
+    let opts = options().clock(Arc::new(clock.clone()));
+    let vault = FileVault::create(&dir, props("retention.example"), &opts).unwrap();
+    vault.create_key("k", KeySpec::Aes256).await.unwrap();
+    vault.delete_key("k").await.unwrap();
+    drop(vault);
+    clock.advance(std::time::Duration::from_secs(89 * 86_400));
+    let vault = FileVault::open(&dir, &opts).unwrap();
+    assert_eq!(vault.purge_key("k").await.unwrap_err().kind(), K::Conflict);
+    clock.advance(std::time::Duration::from_secs(2 * 86_400));
+    vault.purge_key("k").await.unwrap();
+    assert!(key_files(&dir).is_empty(), "purged material is removed");
+    drop(vault);
+    let vault = FileVault::open(&dir, &opts).unwrap();
+    assert_eq!(
+        vault.recover_key("k").await.unwrap_err().kind(),
+        K::KeyNotFound
+    );
+    // The name is free again and starts over at version 1 with a new key file.
+    assert_eq!(
+        vault
+            .create_key("k", KeySpec::Aes256)
+            .await
+            .unwrap()
+            .version,
+        "1"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn files_are_private_from_creation() {
     let dir = fresh_dir("modes");

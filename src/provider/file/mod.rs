@@ -595,12 +595,10 @@ impl FileVault {
     /// does not already hold (key files are immutable, so those are reused).
     fn load(inner: &Inner, prev: Option<&Snapshot>) -> Result<Snapshot, ProviderError> {
         let path = inner.dir.join(STATE_FILE);
-        let (file, bytes) = fsio::read_file(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                corrupted(&path, "missing")
-            } else {
-                io_err(&path, &e)
-            }
+        let (file, bytes) = fsio::read_file(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => corrupted(&path, "missing"),
+            io::ErrorKind::InvalidData => corrupted(&path, e),
+            _ => io_err(&path, &e),
         })?;
         let ident = state_ident(&file.metadata().map_err(|e| io_err(&path, &e))?);
         let rec = format::read_state(&inner.gcm, &inner.vault_id, &bytes)
@@ -621,12 +619,10 @@ impl FileVault {
                 return Ok(m.clone());
             }
             let kpath = inner.dir.join(v.file.rel_path());
-            let (_, bytes) = fsio::read_file(&kpath).map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    corrupted(&kpath, "missing, yet the state refers to it")
-                } else {
-                    io_err(&kpath, &e)
-                }
+            let (_, bytes) = fsio::read_file(&kpath).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => corrupted(&kpath, "missing, yet the state refers to it"),
+                io::ErrorKind::InvalidData => corrupted(&kpath, e),
+                _ => io_err(&kpath, &e),
             })?;
             let (rec, key_type) = format::read_key(&inner.gcm, &inner.vault_id, v.file, &bytes)
                 .map_err(|m| malformed(&kpath, m))?;
