@@ -37,6 +37,109 @@ pub enum Error {
     /// An algorithm name that this crate refuses or does not know (e.g. `RSA1_5`).
     #[error("unsupported algorithm {0:?}")]
     UnsupportedAlgorithm(String),
+
+    /// No such account (or it was deleted). HTTP 404.
+    #[error("account {0} not found")]
+    AccountNotFound(String),
+
+    /// A concurrent update won, or the thing already exists. HTTP 409.
+    #[error("conflict: {0}")]
+    Conflict(String),
+
+    /// The account's customer key is inaccessible and the policy does not allow this
+    /// operation meanwhile. HTTP 403.
+    #[error("account {account}: customer key inaccessible ({reason})")]
+    KeyInaccessible {
+        /// The account.
+        account: String,
+        /// What was observed.
+        reason: String,
+    },
+
+    /// The key provider cannot be reached and no cached account key is valid. The account's
+    /// state is unchanged. HTTP 503.
+    #[error("account {account}: key provider unavailable ({reason})")]
+    Unavailable {
+        /// The account.
+        account: String,
+        /// The transient failure.
+        reason: String,
+    },
+
+    /// A key or vault does not satisfy the account's policy; nothing was changed. HTTP 400.
+    #[error("policy {policy}: {violation}")]
+    Policy {
+        /// The policy's name.
+        policy: String,
+        /// The rule that was broken.
+        violation: PolicyViolation,
+    },
+
+    /// Bytes are not an envelope header this version reads (returned by inspection; opening
+    /// untrusted bytes only ever fails with [`Error::Decryption`]).
+    #[error("envelope format: {0}")]
+    Format(#[from] crate::envelope::FormatError),
+}
+
+/// A broken policy rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyViolation {
+    /// The key is not an RSA key (e.g. EC).
+    #[error("key type {found} is not allowed; an RSA key is required")]
+    KeyType {
+        /// The type found.
+        found: String,
+    },
+    /// The RSA size is not allowed.
+    #[error("RSA {bits} is not allowed (allowed: {allowed:?})")]
+    KeySize {
+        /// The size found.
+        bits: u32,
+        /// The allowed sizes.
+        allowed: Vec<u32>,
+    },
+    /// The vault lacks soft-delete.
+    #[error("the vault must have soft-delete enabled")]
+    SoftDeleteRequired,
+    /// The vault lacks purge protection.
+    #[error("the vault must have purge protection enabled")]
+    PurgeProtectionRequired,
+    /// The vault is in another region.
+    #[error("the vault is in region {vault}, the account in {account}")]
+    RegionMismatch {
+        /// The vault's region.
+        vault: String,
+        /// The account's region.
+        account: String,
+    },
+    /// The vault belongs to another tenant.
+    #[error("the vault belongs to tenant {vault}, the account to {account}")]
+    TenantMismatch {
+        /// The vault's tenant.
+        vault: String,
+        /// The account's tenant.
+        account: String,
+    },
+    /// The identity lacks a required permission (probed).
+    #[error("the identity lacks the {0} permission on the key")]
+    MissingPermission(&'static str),
+    /// The key may only change within the same vault.
+    #[error("the key may only change within vault {current}, not to {requested}")]
+    DifferentVault {
+        /// The current vault.
+        current: String,
+        /// The requested vault.
+        requested: String,
+    },
+    /// Switching between platform and customer keys after creation is not allowed.
+    #[error(
+        "switching between platform-managed and customer-managed keys after creation is not allowed"
+    )]
+    SourceSwitchForbidden,
+    /// Customer keys can only be enabled on an existing account.
+    #[error("customer-managed keys can only be enabled on an existing account")]
+    CustomerKeyAtCreation,
 }
 
 impl Error {
@@ -47,7 +150,13 @@ impl Error {
             Error::Provider(p) => p.kind.http_status(),
             Error::InvalidInput(_)
             | Error::InvalidKeyId { .. }
-            | Error::UnsupportedAlgorithm(_) => 400,
+            | Error::UnsupportedAlgorithm(_)
+            | Error::Policy { .. } => 400,
+            Error::AccountNotFound(_) => 404,
+            Error::Conflict(_) => 409,
+            Error::KeyInaccessible { .. } => 403,
+            Error::Unavailable { .. } => 503,
+            Error::Format(_) => 400,
         }
     }
 

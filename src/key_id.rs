@@ -100,10 +100,10 @@ fn check_host(h: &str) -> Result<(), &'static str> {
         Some((host, port)) => (host, Some(port)),
         None => (h, None),
     };
-    if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return Err("the vault port must be a number");
-        }
+    if let Some(p) = port
+        && (p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("the vault port must be a number");
     }
     let label_ok = |l: &str| {
         !l.is_empty()

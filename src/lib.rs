@@ -2,8 +2,11 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod account;
+mod audit;
 mod clock;
 mod crypto;
+mod envelope;
 mod error;
 mod key_id;
 mod provider;
@@ -11,9 +14,28 @@ mod secret;
 mod util;
 
 // The public interface is:
+pub use crate::account::data::ObjectKeys;
+pub use crate::account::policy::{DataClass, DoubleEncryption, Operation, Policy, PolicyBuilder};
+pub use crate::account::record::{
+    AccountId, AccountRecord, AccountState, KeySource, RECORD_FORMAT, StateKind, WrappedAccountKey,
+};
+pub use crate::account::store::{AccountStore, InMemoryAccountStore, KeyResolver, VaultDirectory};
+pub use crate::account::{
+    AccountManager, AccountManagerBuilder, MonitorEntry, NewAccount, PlatformKey,
+};
+pub use crate::audit::{
+    AuditAction, AuditEvent, AuditOutcome, AuditSink, MemoryAuditSink, TracingAuditSink,
+};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::crypto::{OaepHash, RsaPublic};
-pub use crate::error::{Error, ProviderError, ProviderErrorKind};
+/// Fuzzing entry points (only with `--cfg fuzzing`, as cargo-fuzz builds).
+#[cfg(fuzzing)]
+pub use crate::envelope::fuzzing;
+pub use crate::envelope::{
+    AccountKey, Envelope, FormatError, HeaderInfo, LayerKeyInfo, MAX_FIELD_LEN, MAX_HEADER_LEN,
+    OpenReader, PreparedKey, SealWriter, field_key_version, inspect, inspect_reader,
+};
+pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
 pub use crate::key_id::KeyId;
 pub use crate::provider::fault::{FaultInjector, ProviderOp};
 #[cfg(unix)]

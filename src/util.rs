@@ -13,7 +13,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
 
 /// Parses hex (either case); `None` on odd length or a non-hex digit.
 pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let nib = |c: u8| match c {

@@ -7,20 +7,18 @@
 //! behind a feature by providing the same items.
 
 mod rng;
-#[allow(dead_code)] // the envelope layer (in progress) uses the rest
 mod rustcrypto;
 
 pub(crate) use rng::{SeededRng, ThreadRng, fill_random};
 pub(crate) use rustcrypto::RsaPrivate;
 pub use rustcrypto::RsaPublic;
-#[allow(unused_imports)]
-pub(crate) use rustcrypto::{Gcm, Kek, hkdf_sha256, hmac_sha256, sha256};
+pub(crate) use rustcrypto::{Gcm, Kek, hkdf_expand_sha256, hkdf_sha256};
+#[cfg(test)]
+pub(crate) use rustcrypto::{hmac_sha256, sha256};
 
 /// Length of an AES-GCM nonce (96 bits).
-#[allow(dead_code)]
 pub(crate) const GCM_NONCE_LEN: usize = 12;
 /// Length of an AES-GCM tag (128 bits).
-#[allow(dead_code)]
 pub(crate) const GCM_TAG_LEN: usize = 16;
 
 /// The hash used by RSA-OAEP (for both the label hash and MGF1).

@@ -1,5 +1,9 @@
 //! The RustCrypto backend of the crypto core.
 
+// The core offers every primitive the format and providers may need (RFC 5649 KWP, 128- and
+// 192-bit KEKs, one-shot GCM), all checked by Wycheproof; not each has a non-test caller yet.
+#![cfg_attr(not(test), allow(dead_code))]
+
 use core::fmt;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -10,6 +14,7 @@ use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey, LineEnding}
 use rsa::traits::PublicKeyParts;
 use rsa::{BoxedUint, Oaep};
 use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{GCM_NONCE_LEN, GCM_TAG_LEN, OaepHash, ThreadRng};
@@ -88,6 +93,7 @@ impl Gcm {
 ///
 /// The crate only ever uses 256-bit KEKs; 128- and 192-bit ones exist so that the full
 /// Wycheproof suites run through this wrapper.
+#[allow(clippy::large_enum_variant)] // built once per key; boxing would add an allocation
 pub(crate) enum Kek {
     A128(KwAes128, KwpAes128),
     A192(KwAes192, KwpAes192),
@@ -121,7 +127,7 @@ impl Kek {
 
     /// RFC 3394 wrap. The key must be a non-zero multiple of 8 bytes, at least 16.
     pub(crate) fn wrap(&self, key: &[u8]) -> Result<Vec<u8>, Error> {
-        if key.len() < 16 || key.len() % 8 != 0 {
+        if key.len() < 16 || !key.len().is_multiple_of(8) {
             return Err(Error::InvalidInput(format!(
                 "AES key wrap (RFC 3394) needs a multiple of 8 bytes, at least 16; got {}",
                 key.len()
@@ -152,7 +158,7 @@ impl Kek {
 
     /// RFC 3394 unwrap. Any failure is the opaque [`Error::Decryption`].
     pub(crate) fn unwrap(&self, wrapped: &[u8]) -> Result<SecretBytes, Error> {
-        if wrapped.len() < 24 || wrapped.len() % 8 != 0 {
+        if wrapped.len() < 24 || !wrapped.len().is_multiple_of(8) {
             return Err(Error::Decryption);
         }
         let mut out = Zeroizing::new(vec![0u8; wrapped.len() - 8]);
@@ -163,6 +169,19 @@ impl Kek {
         };
         r.map_err(|_| Error::Decryption)?;
         Ok(SecretBytes::from(out))
+    }
+
+    /// RFC 3394 unwrap of a 40-byte blob into a 32-byte key (the envelope's hot path: no
+    /// heap allocation). Any failure is the opaque [`Error::Decryption`].
+    pub(crate) fn unwrap_32(&self, wrapped: &[u8; 40]) -> Result<AesKey, Error> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        let r = match self {
+            Self::A128(kw, _) => kw.unwrap_key(wrapped, &mut out[..]).map(|_| ()),
+            Self::A192(kw, _) => kw.unwrap_key(wrapped, &mut out[..]).map(|_| ()),
+            Self::A256(kw, _) => kw.unwrap_key(wrapped, &mut out[..]).map(|_| ()),
+        };
+        r.map_err(|_| Error::Decryption)?;
+        Ok(AesKey::from_bytes(*out))
     }
 
     /// RFC 5649 wrap (any length from 1 byte).
@@ -185,7 +204,7 @@ impl Kek {
 
     /// RFC 5649 unwrap. Any failure is the opaque [`Error::Decryption`].
     pub(crate) fn unwrap_padded(&self, wrapped: &[u8]) -> Result<SecretBytes, Error> {
-        if wrapped.len() < 16 || wrapped.len() % 8 != 0 {
+        if wrapped.len() < 16 || !wrapped.len().is_multiple_of(8) {
             return Err(Error::Decryption);
         }
         let mut out = Zeroizing::new(vec![0u8; wrapped.len() - 8]);
@@ -204,12 +223,36 @@ fn bad_kek() -> Error {
     Error::InvalidInput("an AES key-encryption key is 16, 24 or 32 bytes".into())
 }
 
+/// XORs MGF1(`seed`, `out.len()`) (RFC 8017 §B.2.1) with hash `D` into `out`.
+fn mgf1_xor<D: Digest>(out: &mut [u8], seed: &[u8]) {
+    for (counter, chunk) in (0u32..).zip(out.chunks_mut(<D as Digest>::output_size())) {
+        let mut h = D::new();
+        h.update(seed);
+        h.update(counter.to_be_bytes());
+        let mask = h.finalize();
+        for (o, m) in chunk.iter_mut().zip(mask.iter()) {
+            *o ^= m;
+        }
+    }
+}
+
 /// HKDF-SHA-256 (RFC 5869) into `out`.
 pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
     let hk = hkdf::Hkdf::<Sha256>::new(Some(salt), ikm);
     // Output lengths used by the crate are at most 64 bytes, far below 255 * 32.
     let r = hk.expand_multi_info(info, out);
     debug_assert!(r.is_ok());
+}
+
+/// HKDF-Expand with SHA-256 (RFC 5869 §2.3) from a key that is already uniformly random
+/// (RFC 5869 §3.3: the extract step may be skipped), into `out` (at most 64 bytes used by the
+/// crate).
+pub(crate) fn hkdf_expand_sha256(prk: &[u8; 32], info: &[&[u8]], out: &mut [u8]) {
+    // A 32-byte PRK is exactly HashLen, and outputs are far below 255 * 32 bytes.
+    if let Ok(hk) = hkdf::Hkdf::<Sha256>::from_prk(prk) {
+        let r = hk.expand_multi_info(info, out);
+        debug_assert!(r.is_ok());
+    }
 }
 
 /// HMAC-SHA-256, built from HKDF's extract step (HKDF-Extract(salt=key, ikm=msg) is
@@ -283,31 +326,61 @@ impl RsaPrivate {
         self.0.size() * 8
     }
 
-    /// RSA-OAEP decryption with the label `label` (empty for key wrapping). Blinded.
-    /// Any failure is the opaque [`Error::Decryption`].
+    /// RSA-OAEP decryption (RFC 8017 §7.1.2) with the label `label` (empty for key
+    /// wrapping). Blinded. Any failure is the opaque [`Error::Decryption`].
+    ///
+    /// The RSA primitive comes from the `rsa` crate (blinded, with the CRT fault check); the
+    /// OAEP decoding is ours because `rsa` 0.10 ignores the leading octet `Y` of the encoded
+    /// message, which RFC 8017 step 3.g requires to be zero (Wycheproof tcId 23). Every check
+    /// is constant-time and they are combined before the single branch.
     pub(crate) fn decrypt_oaep(
         &self,
         hash: OaepHash,
         ct: &[u8],
         label: &[u8],
     ) -> Result<SecretBytes, Error> {
-        let mut rng = ThreadRng;
-        let r = match (hash, label.is_empty()) {
-            (OaepHash::Sha256, true) => self.0.decrypt_blinded(&mut rng, Oaep::<Sha256>::new(), ct),
-            (OaepHash::Sha256, false) => {
-                self.0
-                    .decrypt_blinded(&mut rng, Oaep::<Sha256>::new_with_label(label), ct)
-            }
-            (OaepHash::Sha1, true) => {
-                self.0
-                    .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new(), ct)
-            }
-            (OaepHash::Sha1, false) => {
-                self.0
-                    .decrypt_blinded(&mut rng, Oaep::<sha1::Sha1>::new_with_label(label), ct)
-            }
-        };
-        r.map(SecretBytes::new).map_err(|_| Error::Decryption)
+        match hash {
+            OaepHash::Sha256 => self.decrypt_oaep_with::<Sha256>(ct, label),
+            OaepHash::Sha1 => self.decrypt_oaep_with::<sha1::Sha1>(ct, label),
+        }
+    }
+
+    fn decrypt_oaep_with<D: Digest>(&self, ct: &[u8], label: &[u8]) -> Result<SecretBytes, Error> {
+        let k = self.0.size();
+        let h_len = <D as Digest>::output_size();
+        if ct.len() != k || k < 2 * h_len + 2 {
+            return Err(Error::Decryption);
+        }
+        let c = BoxedUint::from_be_slice(ct, self.0.n_bits_precision())
+            .map_err(|_| Error::Decryption)?;
+        let m = rsa::hazmat::rsa_decrypt_and_check(&self.0, Some(&mut ThreadRng), &c)
+            .map_err(|_| Error::Decryption)?;
+        let m = Zeroizing::new(m);
+        let bytes = Zeroizing::new(m.to_be_bytes());
+        let excess = bytes.len().checked_sub(k).ok_or(Error::Decryption)?;
+        let mut em = Zeroizing::new(bytes[excess..].to_vec());
+        let (y, rest) = em.split_at_mut(1);
+        let (seed, db) = rest.split_at_mut(h_len);
+        mgf1_xor::<D>(seed, db); // seed = maskedSeed ^ MGF(maskedDB)
+        mgf1_xor::<D>(db, seed); // DB = maskedDB ^ MGF(seed)
+        let l_hash = D::digest(label);
+        let mut valid = y[0].ct_eq(&0) & db[..h_len].ct_eq(l_hash.as_slice());
+        // DB = lHash || PS (zero or more 0x00) || 0x01 || M
+        let mut looking = subtle::Choice::from(1);
+        let mut index = 0u32;
+        let mut bad_padding = subtle::Choice::from(0);
+        for (i, b) in db[h_len..].iter().enumerate() {
+            let is0 = b.ct_eq(&0);
+            let is1 = b.ct_eq(&1);
+            index.conditional_assign(&(i as u32), looking & is1);
+            bad_padding |= looking & !is0 & !is1;
+            looking &= !is1;
+        }
+        valid &= !bad_padding & !looking;
+        if !bool::from(valid) {
+            return Err(Error::Decryption);
+        }
+        Ok(SecretBytes::new(db[h_len + index as usize + 1..].to_vec()))
     }
 }
 

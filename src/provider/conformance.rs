@@ -1,9 +1,12 @@
 //! The provider conformance suite: the same scenarios and the same expected error kinds for
 //! every backend.
 //!
-//! ```ignore
-//! let report = byok::conformance::run(&my_admin).await;
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let vault = byok::InMemoryVault::new(byok::VaultProperties::new("v.example", "r", "t"));
+//! let report = byok::conformance::run(&vault).await; // your VaultAdmin here
 //! report.assert_passed();
+//! # });
 //! ```
 
 use core::future::Future;
@@ -573,13 +576,13 @@ pub async fn run(admin: &dyn VaultAdmin) -> ConformanceReport {
     let mut out = String::new();
     // Grant the app identity what a customer-managed key needs (backends without
     // per-identity policies use their one login).
-    if caps.access_policies {
-        if let Err(e) = admin.set_access(&c.app, Permissions::CMK).await {
-            report
-                .scenarios
-                .push(("setup", Outcome::Failed(format!("set_access: {e}"))));
-            return report;
-        }
+    if caps.access_policies
+        && let Err(e) = admin.set_access(&c.app, Permissions::CMK).await
+    {
+        report
+            .scenarios
+            .push(("setup", Outcome::Failed(format!("set_access: {e}"))));
+        return report;
     }
     macro_rules! scenario {
         ($name:ident, $skip:expr) => {{

@@ -150,9 +150,7 @@ impl FaultInjector {
                 f.fail_next -= 1;
                 Some(f.fail_next_kind)
             } else if f.rate > 0.0 {
-                let x = match f.rng.try_next_u64() {
-                    Ok(x) => x,
-                };
+                let Ok(x) = f.rng.try_next_u64();
                 ((x >> 11) as f64 / (1u64 << 53) as f64 <= f.rate).then_some(f.rate_kind)
             } else {
                 None
@@ -245,5 +243,86 @@ impl Future for Delay {
             });
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::memory::InMemoryVault;
+    use crate::provider::{Identity, KeySpec, Permissions, VaultAdmin, VaultProperties};
+
+    async fn setup() -> (InMemoryVault, Arc<dyn KeyProvider>) {
+        let v = InMemoryVault::new(VaultProperties::new("f.example", "r", "t"));
+        v.create_key("k", KeySpec::Aes256).await.expect("key");
+        let id = Identity::new("app");
+        v.set_access(&id, Permissions::CMK).await.expect("grant");
+        let p: Arc<dyn KeyProvider> = Arc::new(v.provider(&id));
+        (v, p)
+    }
+
+    async fn outcomes(f: &FaultInjector, n: usize) -> Vec<bool> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(f.key_properties("k", None).await.is_ok());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn seeded_failure_rate_repeats_and_roughly_holds() {
+        let (_v, p) = setup().await;
+        let a = FaultInjector::new(p.clone(), 11);
+        let b = FaultInjector::new(p.clone(), 11);
+        let c = FaultInjector::new(p, 12);
+        for f in [&a, &b, &c] {
+            f.set_failure_rate(0.3, ProviderErrorKind::Throttled);
+        }
+        let (ra, rb, rc) = (
+            outcomes(&a, 400).await,
+            outcomes(&b, 400).await,
+            outcomes(&c, 400).await,
+        );
+        assert_eq!(ra, rb, "same seed, same faults");
+        assert_ne!(ra, rc, "another seed, other faults");
+        let failures = ra.iter().filter(|ok| !**ok).count();
+        assert!(
+            (80..=160).contains(&failures),
+            "{failures} of 400 at rate 0.3"
+        );
+        assert_eq!(a.calls(ProviderOp::KeyProperties), 400);
+        let e = a.key_properties("k", None).await;
+        if let Err(e) = e {
+            assert_eq!(e.kind(), ProviderErrorKind::Throttled);
+            assert!(e.is_transient());
+        }
+    }
+
+    #[tokio::test]
+    async fn fail_next_cut_restore_and_latency() {
+        let (_v, p) = setup().await;
+        let f = FaultInjector::new(p, 1);
+        f.fail_next(2, ProviderErrorKind::Timeout);
+        assert_eq!(outcomes(&f, 3).await, [false, false, true]);
+        f.cut(ProviderErrorKind::Forbidden);
+        let e = f
+            .wrap_key("k", None, WrapAlgorithm::A256Kw, &[1; 32])
+            .await
+            .expect_err("cut");
+        assert_eq!(e.kind(), ProviderErrorKind::Forbidden);
+        f.restore();
+        f.set_latency(Duration::from_millis(30));
+        let t = std::time::Instant::now();
+        let w = f
+            .wrap_key("k", None, WrapAlgorithm::A256Kw, &[1; 32])
+            .await
+            .expect("wrap");
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert_eq!(
+            f.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+            &[1; 32]
+        );
+        assert_eq!(f.calls(ProviderOp::Wrap), 2);
+        assert_eq!(f.calls(ProviderOp::Unwrap), 1);
     }
 }

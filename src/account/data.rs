@@ -1,0 +1,256 @@
+//! Data operations of an account: objects (through the envelope) and sealed fields.
+
+use std::io::{Read, Seek, Write};
+use std::sync::Arc;
+
+use super::policy::{DataClass, Operation};
+use super::record::AccountId;
+use super::{AccountManager, Slot, read};
+use crate::envelope::{Envelope, OpenReader, PreparedKey, SealWriter, inspect};
+use crate::error::Error;
+
+/// The unwrapped keys for one object: the layer-1 account-level key and, for double
+/// encryption, the independent layer-2 key. Hand them to [`Envelope`] for the streaming and
+/// ranged APIs; drop them when done (they are wiped with their last reference).
+#[derive(Clone)]
+pub struct ObjectKeys {
+    layer1: Arc<PreparedKey>,
+    layer2: Option<Arc<PreparedKey>>,
+}
+
+impl core::fmt::Debug for ObjectKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ObjectKeys")
+            .field("account_key_id", &self.layer1.key_id())
+            .field("double_encryption", &self.layer2.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectKeys {
+    /// An envelope over these keys (both layers when the account has double encryption).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the two layers' keys are not independent.
+    pub fn envelope(&self) -> Result<Envelope<'_>, Error> {
+        let e = Envelope::new(&self.layer1);
+        match &self.layer2 {
+            Some(l2) => e.with_layer2(l2),
+            None => Ok(e),
+        }
+    }
+}
+
+impl AccountManager {
+    /// Which account-level key protects `class`: the account key follows the key source,
+    /// except for classes that always stay under platform keys and optional classes that
+    /// were not chosen at creation.
+    async fn slot_for_class(&self, id: &AccountId, class: &DataClass) -> Result<Slot, Error> {
+        let h = self.handle(id).await?;
+        let live = read(&h);
+        let p = &live.record.policy;
+        let platform = p.platform_only_classes.contains(class)
+            || (p.optional_classes.contains(class) && !live.record.chosen_classes.contains(class));
+        Ok(if platform {
+            Slot::PlatformClass
+        } else {
+            Slot::Account
+        })
+    }
+
+    async fn keys(
+        &self,
+        id: &AccountId,
+        slot: Slot,
+        op: Operation,
+        layer2: bool,
+    ) -> Result<ObjectKeys, Error> {
+        let layer1 = self.key_for(id, slot, op).await?.prepared;
+        let layer2 = if layer2 {
+            Some(self.key_for(id, Slot::Infrastructure, op).await?.prepared)
+        } else {
+            None
+        };
+        Ok(ObjectKeys { layer1, layer2 })
+    }
+
+    async fn double(&self, id: &AccountId) -> Result<bool, Error> {
+        Ok(read(&self.handle(id).await?).record.double_encryption)
+    }
+
+    /// The keys to write a new object of `class` (for [`Envelope::seal_writer`]). Checks the
+    /// state gate for [`Operation::DataWrite`].
+    ///
+    /// # Errors
+    /// As [`encrypt`](Self::encrypt).
+    pub async fn keys_for_writing(
+        &self,
+        id: &AccountId,
+        class: &DataClass,
+    ) -> Result<ObjectKeys, Error> {
+        let slot = self.slot_for_class(id, class).await?;
+        let double = self.double(id).await?;
+        self.keys(id, slot, Operation::DataWrite, double).await
+    }
+
+    /// The keys to read the object whose header is `header` (at least the header's bytes; see
+    /// [`crate::inspect_reader`] for streams). Checks the state gate for
+    /// [`Operation::DataRead`].
+    ///
+    /// # Errors
+    /// [`Error::Decryption`] if the header names another account or an unknown key; otherwise
+    /// as [`decrypt`](Self::decrypt).
+    pub async fn keys_for_reading(
+        &self,
+        id: &AccountId,
+        header: &crate::HeaderInfo,
+    ) -> Result<ObjectKeys, Error> {
+        let (slot, layer2) = {
+            let h = self.handle(id).await?;
+            let live = read(&h);
+            let rec = &live.record;
+            self.gate(rec, Operation::DataRead)?;
+            if header.account_id != rec.id.as_str() {
+                return Err(Error::Decryption);
+            }
+            let matches = |w: &Option<super::record::WrappedAccountKey>| {
+                w.as_ref()
+                    .is_some_and(|w| w.key_id == header.account_key.id)
+            };
+            let slot = if matches(&rec.account_key) {
+                Slot::Account
+            } else if matches(&rec.platform_class_key) {
+                Slot::PlatformClass
+            } else {
+                return Err(Error::Decryption);
+            };
+            let layer2 = match &header.layer2_key {
+                None => false,
+                Some(l2)
+                    if rec
+                        .infrastructure_key
+                        .as_ref()
+                        .is_some_and(|w| w.key_id == l2.id) =>
+                {
+                    true
+                }
+                Some(_) => return Err(Error::Decryption),
+            };
+            (slot, layer2)
+        };
+        self.keys(id, slot, Operation::DataRead, layer2).await
+    }
+
+    /// Encrypts one object of `class` for the account, bound to `context` (object name,
+    /// tenant, … — the same bytes must be given to open it). One provider unwrap per cache
+    /// period, not per object.
+    ///
+    /// # Errors
+    /// [`Error::KeyInaccessible`] (403) after revocation was observed;
+    /// [`Error::Unavailable`] (503) when the provider is unreachable and no cached key is
+    /// valid; [`Error::AccountNotFound`] (404).
+    pub async fn encrypt(
+        &self,
+        id: &AccountId,
+        class: &DataClass,
+        context: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        self.keys_for_writing(id, class)
+            .await?
+            .envelope()?
+            .seal(context, plaintext)
+    }
+
+    /// Decrypts an object written by [`encrypt`](Self::encrypt) (or a streaming writer).
+    ///
+    /// # Errors
+    /// [`Error::Decryption`] for anything tampered, truncated, from another account or
+    /// opened with another context; otherwise as [`encrypt`](Self::encrypt).
+    pub async fn decrypt(
+        &self,
+        id: &AccountId,
+        context: &[u8],
+        object: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let header = inspect(object).map_err(|_| Error::Decryption)?;
+        self.keys_for_reading(id, &header)
+            .await?
+            .envelope()?
+            .open(context, object)
+    }
+
+    /// A streaming writer for a new object of `class` into `sink` (memory bounded by about
+    /// two chunks). Call `finish` on it.
+    ///
+    /// # Errors
+    /// As [`encrypt`](Self::encrypt); I/O errors of `sink`.
+    pub async fn encrypt_writer<W: Write>(
+        &self,
+        id: &AccountId,
+        class: &DataClass,
+        context: &[u8],
+        sink: W,
+    ) -> Result<SealWriter<W>, Error> {
+        let keys = self.keys_for_writing(id, class).await?;
+        keys.envelope()?
+            .seal_writer(context, sink)
+            .map_err(|e| Error::InvalidInput(format!("starting the object: {e}")))
+    }
+
+    /// A streaming reader of the object in `source`; it never hands out bytes of a chunk
+    /// before that chunk authenticates.
+    ///
+    /// # Errors
+    /// As [`decrypt`](Self::decrypt).
+    pub async fn decrypt_reader<R: Read + Seek>(
+        &self,
+        id: &AccountId,
+        context: &[u8],
+        mut source: R,
+    ) -> Result<OpenReader<R>, Error> {
+        let header = crate::envelope::inspect_reader(&mut source).map_err(|_| Error::Decryption)?;
+        source
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| Error::InvalidInput(format!("rewinding the object: {e}")))?;
+        let keys = self.keys_for_reading(id, &header).await?;
+        keys.envelope()?
+            .open_reader(context, source)
+            .map_err(|_| Error::Decryption)
+    }
+
+    /// Seals a small value (access policy, resource metadata, input URL, token-validation
+    /// key) under a subkey of the account key, bound to `field_context` and the account.
+    ///
+    /// # Errors
+    /// As [`encrypt`](Self::encrypt) for [`Operation::MetadataWrite`]; [`Error::InvalidInput`]
+    /// for an oversized value.
+    pub async fn seal_field(
+        &self,
+        id: &AccountId,
+        field_context: &[u8],
+        value: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        self.key_for(id, Slot::Account, Operation::MetadataWrite)
+            .await?
+            .prepared
+            .seal_field(field_context, value)
+    }
+
+    /// Opens a value sealed by [`seal_field`](Self::seal_field).
+    ///
+    /// # Errors
+    /// [`Error::Decryption`] for another field, account or tampering; otherwise as
+    /// [`decrypt`](Self::decrypt) for [`Operation::MetadataRead`].
+    pub async fn open_field(
+        &self,
+        id: &AccountId,
+        field_context: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        self.key_for(id, Slot::Account, Operation::MetadataRead)
+            .await?
+            .prepared
+            .open_field(field_context, sealed)
+    }
+}

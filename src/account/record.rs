@@ -1,0 +1,234 @@
+//! The persistent account record and its lifecycle states.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::{DataClass, Policy};
+use crate::error::Error;
+use crate::key_id::KeyId;
+use crate::provider::{Identity, WrappedKey};
+
+/// The version of the record format written by this crate.
+pub const RECORD_FORMAT: u32 = 1;
+
+/// An account (tenant resource) identifier: 1 to 64 of `a-z A-Z 0-9 - _ .`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AccountId(String);
+
+impl AccountId {
+    /// Validates and wraps `id`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty, long or oddly-charactered id.
+    pub fn new(id: impl Into<String>) -> Result<Self, Error> {
+        let id = id.into();
+        if !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            Ok(Self(id))
+        } else {
+            Err(Error::InvalidInput(format!(
+                "account id {id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+            )))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl core::fmt::Display for AccountId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for AccountId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        Self::new(s)
+    }
+}
+
+impl From<AccountId> for String {
+    fn from(a: AccountId) -> String {
+        a.0
+    }
+}
+
+/// Which key protects the account key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// The service's own platform key (the default).
+    Platform,
+    /// The tenant's key in its vault, reached as `identity`.
+    Customer {
+        /// The key, with a version (pinned) or without (follows the latest where the policy
+        /// allows).
+        key: KeyId,
+        /// The identity the service uses to reach the vault.
+        identity: Identity,
+    },
+}
+
+impl KeySource {
+    /// A customer key source.
+    pub fn customer(key: KeyId, identity: Identity) -> Self {
+        Self::Customer { key, identity }
+    }
+}
+
+/// The lifecycle state of an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum AccountState {
+    /// Every operation is allowed.
+    Active,
+    /// A definitive failure of the customer key was observed; only the policy's operations
+    /// are allowed.
+    KeyInaccessible {
+        /// What was observed (provider error kind and message).
+        reason: String,
+        /// Since when.
+        since: SystemTime,
+    },
+    /// Deleted; its wrapped keys are destroyed.
+    Deleted {
+        /// When.
+        at: SystemTime,
+    },
+}
+
+impl AccountState {
+    /// The state without its details.
+    pub fn kind(&self) -> StateKind {
+        match self {
+            Self::Active => StateKind::Active,
+            Self::KeyInaccessible { .. } => StateKind::KeyInaccessible,
+            Self::Deleted { .. } => StateKind::Deleted,
+        }
+    }
+}
+
+/// A lifecycle state's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StateKind {
+    /// See [`AccountState::Active`].
+    Active,
+    /// See [`AccountState::KeyInaccessible`].
+    KeyInaccessible,
+    /// See [`AccountState::Deleted`].
+    Deleted,
+}
+
+impl StateKind {
+    /// Every state.
+    pub const ALL: [StateKind; 3] = [
+        StateKind::Active,
+        StateKind::KeyInaccessible,
+        StateKind::Deleted,
+    ];
+
+    /// The transition table: which state changes the lifecycle performs.
+    ///
+    /// | from \ to        | Active | KeyInaccessible | Deleted |
+    /// |------------------|--------|-----------------|---------|
+    /// | Active           | –      | yes (definitive key failure observed) | yes (delete) |
+    /// | KeyInaccessible  | yes (probe succeeds / key restored or replaced) | – | yes (delete) |
+    /// | Deleted          | no     | no              | –       |
+    pub fn can_transition_to(self, to: StateKind) -> bool {
+        use StateKind::*;
+        matches!(
+            (self, to),
+            (Active, KeyInaccessible)
+                | (Active, Deleted)
+                | (KeyInaccessible, Active)
+                | (KeyInaccessible, Deleted)
+        )
+    }
+}
+
+impl core::fmt::Display for StateKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Active => "Active",
+            Self::KeyInaccessible => "KeyInaccessible",
+            Self::Deleted => "Deleted",
+        })
+    }
+}
+
+/// An account-level AES key wrapped by a vault key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedAccountKey {
+    /// The account-level key's own id (stable across re-wraps; objects name it).
+    pub key_id: String,
+    /// The vault host of the wrapping key, or `platform` / `infrastructure`.
+    pub vault: String,
+    /// The wrapped bytes with the exact wrapping key version and algorithm.
+    pub wrapped: WrappedKey,
+}
+
+/// The persistent record of one account. The application stores it where it likes (see
+/// [`crate::AccountStore`]); it holds no plaintext key material.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AccountRecord {
+    /// Record format version ([`RECORD_FORMAT`]).
+    pub format: u32,
+    /// The account.
+    pub id: AccountId,
+    /// The account's region (checked against the vault's where the policy says so).
+    pub region: String,
+    /// The account's tenant.
+    pub tenant: String,
+    /// What protects the account key.
+    pub key_source: KeySource,
+    /// The account key wrapped by the key source; `None` once deleted (crypto-shredded).
+    pub account_key: Option<WrappedAccountKey>,
+    /// The platform-class key (data classes that stay under platform keys), wrapped by the
+    /// platform key; `None` once deleted.
+    pub platform_class_key: Option<WrappedAccountKey>,
+    /// The second-layer account key wrapped by the infrastructure key, when double encryption
+    /// is on; `None` once deleted.
+    pub infrastructure_key: Option<WrappedAccountKey>,
+    /// Lifecycle state.
+    pub state: AccountState,
+    /// The policy the account was created under.
+    pub policy: Policy,
+    /// Whether objects get the second encryption layer.
+    pub double_encryption: bool,
+    /// Optional data classes chosen at creation to be covered by the account's key source.
+    pub chosen_classes: BTreeSet<DataClass>,
+    /// Revision for optimistic concurrency; every update increments it.
+    pub revision: u64,
+    /// Creation time.
+    pub created: SystemTime,
+    /// Last update.
+    pub updated: SystemTime,
+    /// Last time the account key was re-wrapped under another key or version.
+    pub last_rotated: Option<SystemTime>,
+    /// Last probe of the key source.
+    pub last_probed: Option<SystemTime>,
+}
+
+impl AccountRecord {
+    /// The customer key currently wrapping the account key, pinned to the exact version.
+    pub fn current_customer_key(&self) -> Option<KeyId> {
+        match (&self.key_source, &self.account_key) {
+            (KeySource::Customer { key, .. }, Some(w)) => {
+                key.with_version(&w.wrapped.key_version).ok()
+            }
+            _ => None,
+        }
+    }
+}

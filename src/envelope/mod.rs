@@ -1,0 +1,390 @@
+//! Object encryption: the versioned envelope (format version 1).
+//!
+//! An object is `header || chunk 0 || chunk 1 || …`. The header names the account, the
+//! account key (id and version) that wraps the object's fresh data key, and — for double
+//! encryption — the second layer's key; it carries the wrapped data keys and their key
+//! commitments. The body is the plaintext in fixed-size chunks, each sealed with AES-256-GCM
+//! in the STREAM construction (see `stream.rs`) with the exact header bytes as associated
+//! data; with a second layer each chunk's layer-1 ciphertext and tag are sealed again under
+//! the layer-2 data key. `docs/FORMAT.md` specifies the format byte by byte.
+
+mod fields;
+mod format;
+#[cfg(fuzzing)]
+pub mod fuzzing;
+mod keys;
+mod stream;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+
+pub use fields::{MAX_FIELD_LEN, field_key_version};
+pub use format::{FormatError, HeaderInfo, LayerKeyInfo, MAX_HEADER_LEN};
+pub use keys::{AccountKey, PreparedKey};
+pub use stream::{OpenReader, SealWriter};
+
+use format::{DEFAULT_CHUNK_EXP, Header, LayerFields, MAX_CHUNK_EXP, MIN_CHUNK_EXP};
+use stream::{Ciphers, LayerCipher, io_err, read_exact_or, read_header};
+
+use zeroize::Zeroizing;
+
+use crate::crypto::fill_random;
+use crate::error::Error;
+use crate::secret::AesKey;
+
+/// Seals and opens objects for one account: the account key (layer 1), optionally an
+/// independent infrastructure account key (layer 2, double encryption), and the chunk size.
+///
+/// Cheap to build and `Copy`: it borrows the [`PreparedKey`]s that the account layer caches.
+///
+/// ```
+/// use byok::{AccountKey, AesKey, Envelope, PreparedKey};
+/// let key = PreparedKey::new("tenant-a", &AccountKey::new("ak", 1, AesKey::generate())?)?;
+/// let env = Envelope::new(&key);
+/// let object = env.seal(b"videos/intro.mp4", b"hello")?;
+/// assert_eq!(env.open(b"videos/intro.mp4", &object)?, b"hello");
+/// assert_eq!(byok::inspect(&object)?.account_id, "tenant-a");
+/// # Ok::<(), byok::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Envelope<'k> {
+    layer1: &'k PreparedKey,
+    layer2: Option<&'k PreparedKey>,
+    chunk_exp: u8,
+}
+
+/// How the body of an object of `body_len` bytes splits into chunks.
+struct Layout {
+    chunks: u64,
+    full: u64,
+    last_len: u64,
+    plaintext_len: u64,
+}
+
+impl Layout {
+    fn of(body_len: u64, chunk_exp: u8, overhead: usize) -> Result<Self, Error> {
+        let overhead = overhead as u64;
+        let full = (1u64 << chunk_exp) + overhead;
+        if body_len == 0 {
+            return Err(Error::Decryption);
+        }
+        let chunks = (body_len - 1) / full + 1;
+        let last_len = body_len - (chunks - 1) * full;
+        // Every chunk has its tags; only the first chunk (of an empty object) may be empty;
+        // the counter is 32 bits.
+        if last_len < overhead
+            || (last_len == overhead && chunks > 1)
+            || chunks - 1 > u64::from(u32::MAX)
+        {
+            return Err(Error::Decryption);
+        }
+        Ok(Self {
+            chunks,
+            full,
+            last_len,
+            plaintext_len: body_len - chunks * overhead,
+        })
+    }
+}
+
+impl<'k> Envelope<'k> {
+    /// Single-layer envelopes under `key`, with 64 KiB chunks.
+    pub fn new(key: &'k PreparedKey) -> Self {
+        Self {
+            layer1: key,
+            layer2: None,
+            chunk_exp: DEFAULT_CHUNK_EXP,
+        }
+    }
+
+    /// Adds the second layer (double encryption) under the infrastructure account key `key`.
+    /// Objects sealed by the result have both layers; opening accepts objects with or without
+    /// the second layer (the header, which is authenticated, says which).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if `key` belongs to another account than the layer-1 key.
+    pub fn with_layer2(self, key: &'k PreparedKey) -> Result<Self, Error> {
+        if key.account_id() != self.layer1.account_id() {
+            return Err(Error::InvalidInput(
+                "the layer-2 key belongs to another account".into(),
+            ));
+        }
+        Ok(Self {
+            layer2: Some(key),
+            ..self
+        })
+    }
+
+    /// Sets the plaintext chunk size for sealing (opening reads it from the header).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] unless `bytes` is a power of two from 64 bytes to 16 MiB.
+    pub fn with_chunk_size(self, bytes: usize) -> Result<Self, Error> {
+        let exp = bytes.trailing_zeros();
+        if !bytes.is_power_of_two()
+            || exp < u32::from(MIN_CHUNK_EXP)
+            || exp > u32::from(MAX_CHUNK_EXP)
+        {
+            return Err(Error::InvalidInput(format!(
+                "chunk size must be a power of two from 64 bytes to 16 MiB, got {bytes}"
+            )));
+        }
+        Ok(Self {
+            chunk_exp: exp as u8,
+            ..self
+        })
+    }
+
+    /// The plaintext chunk size used for sealing.
+    pub fn chunk_size(&self) -> usize {
+        1 << self.chunk_exp
+    }
+
+    /// The length of the headers this envelope writes.
+    fn header_len(&self) -> usize {
+        let layer = |k: &PreparedKey| format::LAYER_FIXED_LEN + k.key_id().len();
+        format::FIXED_LEN
+            + 1
+            + self.layer1.account_id().len()
+            + layer(self.layer1)
+            + self.layer2.map_or(0, layer)
+    }
+
+    /// Fresh data keys for a new object, and its header (appended to `out`).
+    fn begin(&self, context: &[u8], out: &mut Vec<u8>) -> Ciphers {
+        // One call to the CSPRNG per object, for both layers' data keys.
+        let mut dks = Zeroizing::new([0u8; 64]);
+        let n = if self.layer2.is_some() { 64 } else { 32 };
+        fill_random(&mut dks[..n]);
+        let [dk1, dk2] = [&dks[..32], &dks[32..]].map(|b| {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(b);
+            AesKey::from_bytes(a)
+        });
+        let (l1, w1, c1) = LayerCipher::generate(self.layer1, &dk1, 1, context);
+        let f1 = LayerFields {
+            key_id: self.layer1.key_id(),
+            key_version: self.layer1.key_version(),
+            wrapped: &w1,
+            commitment: &c1,
+        };
+        match self.layer2 {
+            None => {
+                format::write(out, self.chunk_exp, self.layer1.account_id(), &f1, None);
+                Ciphers { l1, l2: None }
+            }
+            Some(k2) => {
+                let (l2, w2, c2) = LayerCipher::generate(k2, &dk2, 2, context);
+                let f2 = LayerFields {
+                    key_id: k2.key_id(),
+                    key_version: k2.key_version(),
+                    wrapped: &w2,
+                    commitment: &c2,
+                };
+                format::write(
+                    out,
+                    self.chunk_exp,
+                    self.layer1.account_id(),
+                    &f1,
+                    Some(&f2),
+                );
+                Ciphers { l1, l2: Some(l2) }
+            }
+        }
+    }
+
+    /// Seals `plaintext` as one object bound to `context` (object name, tenant, … — the same
+    /// bytes must be given to open it; they are not stored).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the object would exceed 2^32 chunks.
+    pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let chunk = self.chunk_size();
+        let chunks = plaintext.len().div_ceil(chunk).max(1);
+        if chunks - 1 > u32::MAX as usize {
+            return Err(Error::InvalidInput(
+                "object too large: more than 2^32 chunks".into(),
+            ));
+        }
+        let tags = if self.layer2.is_some() { 32 } else { 16 };
+        let mut out = Vec::with_capacity(self.header_len() + plaintext.len() + chunks * tags);
+        let ciphers = self.begin(context, &mut out);
+        let h = out.len();
+        let mut index = 0u32;
+        let mut rest = plaintext;
+        loop {
+            let n = rest.len().min(chunk);
+            let last = n == rest.len();
+            let start = out.len();
+            out.extend_from_slice(&rest[..n]);
+            ciphers.seal_chunk(index, last, &mut out, h, start);
+            if last {
+                break;
+            }
+            rest = &rest[n..];
+            index += 1;
+        }
+        Ok(out)
+    }
+
+    fn recover(&self, header: &Header<'_>, context: &[u8]) -> Result<Ciphers, Error> {
+        Ciphers::recover(header, self.layer1, self.layer2, context)
+    }
+
+    /// Opens an object sealed with `context`. Returns the plaintext only if every chunk
+    /// authenticated.
+    ///
+    /// # Errors
+    /// [`Error::Decryption`] — the one opaque failure — if the object is malformed, truncated,
+    /// extended or altered in any way, was sealed with another context, belongs to another
+    /// account, or needs a key this envelope lacks (use [`inspect`] to see which key an
+    /// object needs).
+    pub fn open(&self, context: &[u8], object: &[u8]) -> Result<Vec<u8>, Error> {
+        let header = format::parse(object).map_err(|_| Error::Decryption)?;
+        let ciphers = self.recover(&header, context)?;
+        let aad = header.raw;
+        let body = &object[aad.len()..];
+        let layout = Layout::of(body.len() as u64, header.chunk_exp, ciphers.overhead())?;
+        let full = layout.full as usize;
+        let mut out = Vec::with_capacity(layout.plaintext_len as usize + ciphers.overhead());
+        for (i, chunk) in body.chunks(full).enumerate() {
+            let last = i as u64 == layout.chunks - 1;
+            let start = out.len();
+            out.extend_from_slice(chunk);
+            if let Err(e) = ciphers.open_chunk(i as u32, last, aad, &mut out, start) {
+                wipe(&mut out);
+                return Err(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A streaming sealer writing one object bound to `context` into `inner`. The header is
+    /// written at once; call [`SealWriter::finish`] at the end.
+    ///
+    /// # Errors
+    /// Any error of `inner` while writing the header.
+    pub fn seal_writer<W: Write>(&self, context: &[u8], inner: W) -> io::Result<SealWriter<W>> {
+        let mut header = Vec::with_capacity(self.header_len());
+        let ciphers = self.begin(context, &mut header);
+        SealWriter::start(inner, header, ciphers, self.chunk_size())
+    }
+
+    /// A streaming opener reading one object bound to `context` from `inner`. The header is
+    /// read and checked (keys, commitment) at once.
+    ///
+    /// # Errors
+    /// Any error of `inner`; an `InvalidData` error carrying [`Error::Decryption`] if the
+    /// header is malformed or does not match the keys and context.
+    pub fn open_reader<R: Read>(&self, context: &[u8], mut inner: R) -> io::Result<OpenReader<R>> {
+        let header = read_header(&mut inner)?;
+        let parsed = format::parse(&header).map_err(|_| io_err(Error::Decryption))?;
+        let chunk_size = 1usize << parsed.chunk_exp;
+        let ciphers = self.recover(&parsed, context).map_err(io_err)?;
+        Ok(OpenReader::start(inner, header, ciphers, chunk_size))
+    }
+
+    /// Opens plaintext bytes `range` of the object that starts at the current position of
+    /// `src`, reading and authenticating only the header and the chunks that cover the range
+    /// (and seeking to the end once, to learn the object's length).
+    ///
+    /// Only those chunks are authenticated: damage elsewhere in the object is not detected
+    /// by a ranged read.
+    ///
+    /// # Errors
+    /// Any error of `src`; an `InvalidData` error carrying [`Error::Decryption`] if the header
+    /// or a covering chunk fails to authenticate; an `InvalidInput` error carrying
+    /// [`Error::InvalidInput`] if the range is reversed or ends past the plaintext.
+    pub fn open_range<R: Read + Seek>(
+        &self,
+        context: &[u8],
+        mut src: R,
+        range: Range<u64>,
+    ) -> io::Result<Vec<u8>> {
+        let base = src.stream_position()?;
+        let header = read_header(&mut src)?;
+        let parsed = format::parse(&header).map_err(|_| io_err(Error::Decryption))?;
+        let ciphers = self.recover(&parsed, context).map_err(io_err)?;
+        let end = src.seek(SeekFrom::End(0))?;
+        let body_start = base + header.len() as u64;
+        let body_len = end
+            .checked_sub(body_start)
+            .ok_or_else(|| io_err(Error::Decryption))?;
+        let layout = Layout::of(body_len, parsed.chunk_exp, ciphers.overhead()).map_err(io_err)?;
+        if range.start > range.end || range.end > layout.plaintext_len {
+            return Err(io_err(Error::InvalidInput(format!(
+                "range {}..{} outside the object's {} bytes",
+                range.start, range.end, layout.plaintext_len
+            ))));
+        }
+        let mut out = Vec::new();
+        if range.is_empty() {
+            return Ok(out);
+        }
+        let chunk = 1u64 << parsed.chunk_exp;
+        let mut buf = Vec::new();
+        for i in range.start / chunk..=(range.end - 1) / chunk {
+            let last = i == layout.chunks - 1;
+            let len = if last { layout.last_len } else { layout.full };
+            src.seek(SeekFrom::Start(body_start + i * layout.full))?;
+            buf.clear();
+            buf.resize(len as usize, 0);
+            read_exact_or(&mut src, &mut buf, Error::Decryption)?;
+            ciphers
+                .open_chunk(i as u32, last, &header, &mut buf, 0)
+                .map_err(io_err)?;
+            let lo = range.start.max(i * chunk) - i * chunk;
+            let hi = range.end.min((i + 1) * chunk) - i * chunk;
+            out.extend_from_slice(&buf[lo as usize..hi as usize]);
+        }
+        Ok(out)
+    }
+}
+
+fn wipe(buf: &mut Vec<u8>) {
+    use zeroize::Zeroize;
+    buf.zeroize();
+}
+
+/// Reads an object's header without any key: which account, account key and layer-2 key
+/// (with versions) it uses, and its format version. `bytes` may be the whole object or any
+/// prefix of at least the header ([`MAX_HEADER_LEN`] bytes always suffice).
+///
+/// # Errors
+/// [`Error::Format`] with the [`FormatError`] that says why the bytes are not a header this
+/// version reads (bad magic, unknown version, a limit exceeded, truncated, …).
+pub fn inspect(bytes: &[u8]) -> Result<HeaderInfo, Error> {
+    Ok(HeaderInfo::from(&format::parse(bytes)?))
+}
+
+/// [`inspect`] on a reader: reads the object's header (and nothing more) from `r`.
+///
+/// # Errors
+/// Any error of `r`; an `InvalidData` error carrying [`Error::Format`] if the bytes are not a
+/// header this version reads (a premature end is [`FormatError::Truncated`]).
+pub fn inspect_reader<R: Read>(mut r: R) -> io::Result<HeaderInfo> {
+    let fmt_err = |e: FormatError| io_err(Error::Format(e));
+    let mut fixed = [0u8; format::FIXED_LEN];
+    let mut got = 0;
+    while got < fixed.len() {
+        match r.read(&mut fixed[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let info = format::parse_fixed(&fixed[..got]).map_err(fmt_err)?;
+    let mut header = Vec::with_capacity(info.header_len);
+    header.extend_from_slice(&fixed);
+    header.resize(info.header_len, 0);
+    read_exact_or(
+        &mut r,
+        &mut header[format::FIXED_LEN..],
+        Error::Format(FormatError::Truncated),
+    )?;
+    Ok(HeaderInfo::from(&format::parse(&header).map_err(fmt_err)?))
+}

@@ -1,0 +1,451 @@
+//! The chunked AEAD (STREAM construction) and the streaming `Write` sealer / `Read` opener.
+//!
+//! Chunk `i` of a layer is sealed with AES-256-GCM under that layer's data key, with the nonce
+//! `prefix (7 bytes) || i (u32, big-endian) || last (0x00 or 0x01)` and the exact header bytes
+//! as associated data. The prefix is derived per object from the data key, so nonces never
+//! repeat across objects or chunks; the last-chunk flag makes truncation at a chunk boundary
+//! and extension detectable, and the counter makes reordering, dropping and duplication
+//! detectable.
+
+use std::io::{self, Read, Write};
+
+use subtle::ConstantTimeEq;
+
+use super::format::{COMMIT_LEN, FIXED_LEN, Header, LayerFields, WRAPPED_LEN};
+use super::keys::PreparedKey;
+use crate::crypto::{GCM_NONCE_LEN, GCM_TAG_LEN, Gcm, hkdf_expand_sha256};
+use crate::error::Error;
+use crate::secret::AesKey;
+
+/// Length of the per-object nonce prefix.
+pub(crate) const PREFIX_LEN: usize = 7;
+/// HKDF-Expand info label for the commitment and nonce prefix.
+const KDF_LABEL: &[u8] = b"byok envelope v1";
+
+/// Derives one layer's key commitment from its data key with a single HKDF-Expand block
+/// (HKDF-SHA-256 with the data key as PRK: it is a fresh uniformly random key, so the extract
+/// step is skipped, RFC 5869 §3.3). The caller's context is part of the info, so it is bound
+/// too. The chunk-nonce prefix is the commitment's first 7 bytes: nonces need to be unique
+/// per data key, not secret, and every object has its own data key.
+fn derive(dk: &AesKey, layer: u8, context: &[u8]) -> ([u8; COMMIT_LEN], [u8; PREFIX_LEN]) {
+    let mut commitment = [0u8; COMMIT_LEN];
+    hkdf_expand_sha256(
+        dk.expose_secret(),
+        &[KDF_LABEL, &[layer], context],
+        &mut commitment,
+    );
+    let mut prefix = [0u8; PREFIX_LEN];
+    prefix.copy_from_slice(&commitment[..PREFIX_LEN]);
+    (commitment, prefix)
+}
+
+/// One layer's AEAD: the data key's GCM schedule and the nonce prefix.
+pub(crate) struct LayerCipher {
+    gcm: Gcm,
+    prefix: [u8; PREFIX_LEN],
+}
+
+impl LayerCipher {
+    fn nonce(&self, index: u32, last: bool) -> [u8; GCM_NONCE_LEN] {
+        let mut n = [0u8; GCM_NONCE_LEN];
+        n[..PREFIX_LEN].copy_from_slice(&self.prefix);
+        n[PREFIX_LEN..PREFIX_LEN + 4].copy_from_slice(&index.to_be_bytes());
+        n[GCM_NONCE_LEN - 1] = u8::from(last);
+        n
+    }
+
+    /// A new object's layer under the fresh data key `dk`: returns the cipher, the wrapped
+    /// data key and the commitment to put in the header.
+    pub(crate) fn generate(
+        key: &PreparedKey,
+        dk: &AesKey,
+        layer: u8,
+        context: &[u8],
+    ) -> (Self, [u8; WRAPPED_LEN], [u8; COMMIT_LEN]) {
+        let wrapped = key.kek.wrap_32(dk.expose_secret());
+        let (commitment, prefix) = derive(dk, layer, context);
+        let gcm = Gcm::new(dk);
+        (Self { gcm, prefix }, wrapped, commitment)
+    }
+
+    /// Recovers a layer's cipher from its header fields: the key must be the one the header
+    /// names, the data key must unwrap, and the commitment must match (in constant time).
+    pub(crate) fn recover(
+        key: &PreparedKey,
+        fields: &LayerFields<'_>,
+        layer: u8,
+        context: &[u8],
+    ) -> Result<Self, Error> {
+        if fields.key_id != key.key_id() || fields.key_version != key.key_version() {
+            return Err(Error::Decryption);
+        }
+        let dk = key.kek.unwrap_32(fields.wrapped)?;
+        let (commitment, prefix) = derive(&dk, layer, context);
+        if !bool::from(commitment.ct_eq(fields.commitment)) {
+            return Err(Error::Decryption);
+        }
+        Ok(Self {
+            gcm: Gcm::new(&dk),
+            prefix,
+        })
+    }
+}
+
+/// The AEAD of every layer an object has.
+pub(crate) struct Ciphers {
+    pub(crate) l1: LayerCipher,
+    pub(crate) l2: Option<LayerCipher>,
+}
+
+impl Ciphers {
+    /// Bytes a chunk's ciphertext adds to its plaintext (one tag per layer).
+    pub(crate) fn overhead(&self) -> usize {
+        if self.l2.is_some() {
+            2 * GCM_TAG_LEN
+        } else {
+            GCM_TAG_LEN
+        }
+    }
+
+    /// Recovers the ciphers of a parsed header with the caller's keys. Any mismatch is the
+    /// opaque [`Error::Decryption`].
+    pub(crate) fn recover(
+        header: &Header<'_>,
+        layer1: &PreparedKey,
+        layer2: Option<&PreparedKey>,
+        context: &[u8],
+    ) -> Result<Self, Error> {
+        if header.account_id != layer1.account_id() {
+            return Err(Error::Decryption);
+        }
+        let l2 = match (&header.layer2, layer2) {
+            (None, _) => None,
+            (Some(fields), Some(key)) => Some(LayerCipher::recover(key, fields, 2, context)?),
+            (Some(_), None) => return Err(Error::Decryption),
+        };
+        let l1 = LayerCipher::recover(layer1, &header.layer1, 1, context)?;
+        Ok(Self { l1, l2 })
+    }
+
+    /// Seals the plaintext in `buf[start..]` in place as chunk `index` and appends its tags.
+    /// The associated data is `buf[..aad_len]` (the header, kept in front of the chunk).
+    pub(crate) fn seal_chunk(
+        &self,
+        index: u32,
+        last: bool,
+        buf: &mut Vec<u8>,
+        aad_len: usize,
+        start: usize,
+    ) {
+        debug_assert!(aad_len <= start);
+        let (aad, body) = buf.split_at_mut(aad_len);
+        let nonce = self.l1.nonce(index, last);
+        let tag = self
+            .l1
+            .gcm
+            .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
+        buf.extend_from_slice(&tag);
+        if let Some(l2) = &self.l2 {
+            let (aad, body) = buf.split_at_mut(aad_len);
+            let nonce = l2.nonce(index, last);
+            let tag = l2
+                .gcm
+                .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
+            buf.extend_from_slice(&tag);
+        }
+    }
+
+    /// Opens chunk `index` held in `buf[start..]` in place; on success `buf` is truncated to
+    /// end with the chunk's plaintext. On failure the chunk's bytes are wiped.
+    pub(crate) fn open_chunk(
+        &self,
+        index: u32,
+        last: bool,
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), Error> {
+        if let Some(l2) = &self.l2 {
+            let tag = pop_tag(buf, start)?;
+            l2.gcm
+                .open_in_place(&l2.nonce(index, last), aad, &mut buf[start..], &tag)?;
+        }
+        let tag = pop_tag(buf, start)?;
+        self.l1
+            .gcm
+            .open_in_place(&self.l1.nonce(index, last), aad, &mut buf[start..], &tag)
+    }
+}
+
+fn pop_tag(buf: &mut Vec<u8>, start: usize) -> Result<[u8; GCM_TAG_LEN], Error> {
+    let at = buf
+        .len()
+        .checked_sub(GCM_TAG_LEN)
+        .filter(|&at| at >= start)
+        .ok_or(Error::Decryption)?;
+    let mut tag = [0u8; GCM_TAG_LEN];
+    tag.copy_from_slice(&buf[at..]);
+    buf.truncate(at);
+    Ok(tag)
+}
+
+/// An [`io::Error`] carrying a crate [`Error`] (recover it with `get_ref` and
+/// `downcast_ref::<byok::Error>()`).
+pub(crate) fn io_err(e: Error) -> io::Error {
+    let kind = match e {
+        Error::InvalidInput(_) => io::ErrorKind::InvalidInput,
+        _ => io::ErrorKind::InvalidData,
+    };
+    io::Error::new(kind, e)
+}
+
+/// Reads a whole header from `r`: the fixed prefix, then (after its declared length passed
+/// the limit check) the rest. Malformed or short input is [`Error::Decryption`].
+pub(crate) fn read_header<R: Read>(r: &mut R) -> io::Result<Vec<u8>> {
+    let mut fixed = [0u8; FIXED_LEN];
+    read_exact_or(r, &mut fixed, Error::Decryption)?;
+    let info = super::format::parse_fixed(&fixed).map_err(|_| io_err(Error::Decryption))?;
+    let mut header = Vec::with_capacity(info.header_len);
+    header.extend_from_slice(&fixed);
+    header.resize(info.header_len, 0);
+    read_exact_or(r, &mut header[FIXED_LEN..], Error::Decryption)?;
+    Ok(header)
+}
+
+/// `read_exact`, with a premature end of input reported as `eof`.
+pub(crate) fn read_exact_or<R: Read>(r: &mut R, buf: &mut [u8], eof: Error) -> io::Result<()> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io_err(eof)
+        } else {
+            e
+        }
+    })
+}
+
+/// Streaming sealer: everything written is encrypted chunk by chunk into the inner writer.
+///
+/// Memory use is one chunk (64 KiB by default) whatever the object's size. Call
+/// [`finish`](Self::finish) at the end: it writes the final chunk. An object whose sealer was
+/// dropped without `finish` lacks its final chunk and never opens (truncation is detected).
+/// [`Write::flush`] flushes the inner writer but cannot emit a partial chunk.
+pub struct SealWriter<W: Write> {
+    inner: W,
+    /// The header, followed by the chunk being filled.
+    buf: Vec<u8>,
+    header_len: usize,
+    ciphers: Ciphers,
+    chunk_size: usize,
+    index: u64,
+    poisoned: bool,
+}
+
+impl<W: Write> SealWriter<W> {
+    pub(crate) fn start(
+        mut inner: W,
+        mut buf: Vec<u8>,
+        ciphers: Ciphers,
+        chunk_size: usize,
+    ) -> io::Result<Self> {
+        inner.write_all(&buf)?;
+        let header_len = buf.len();
+        buf.reserve_exact(chunk_size + ciphers.overhead());
+        Ok(Self {
+            inner,
+            buf,
+            header_len,
+            ciphers,
+            chunk_size,
+            index: 0,
+            poisoned: false,
+        })
+    }
+
+    fn emit(&mut self, last: bool) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "a previous write to the inner writer failed",
+            ));
+        }
+        let index = u32::try_from(self.index).map_err(|_| {
+            io_err(Error::InvalidInput(
+                "object too large: more than 2^32 chunks".into(),
+            ))
+        })?;
+        self.poisoned = true;
+        let h = self.header_len;
+        self.ciphers.seal_chunk(index, last, &mut self.buf, h, h);
+        self.inner.write_all(&self.buf[h..])?;
+        self.buf.truncate(h);
+        self.index += 1;
+        self.poisoned = false;
+        Ok(())
+    }
+
+    /// Writes the final chunk, flushes and returns the inner writer.
+    ///
+    /// # Errors
+    /// Any error of the inner writer; [`Error::InvalidInput`] (inside the `io::Error`) if the
+    /// object exceeded 2^32 chunks.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.emit(true)?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for SealWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            // A full chunk is only sealed once more data arrives: until then it may be the
+            // last one.
+            let filled = self.buf.len() - self.header_len;
+            if filled == self.chunk_size {
+                self.emit(false)?;
+            }
+            let n = (self.chunk_size - (self.buf.len() - self.header_len)).min(rest.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> core::fmt::Debug for SealWriter<W> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SealWriter")
+            .field("chunk_size", &self.chunk_size)
+            .field("chunks_written", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ReadState {
+    Reading,
+    Done,
+    Failed,
+}
+
+/// Streaming opener: reads an object from the inner reader and yields its plaintext.
+///
+/// Memory use is about one chunk whatever the object's size. A chunk's plaintext is handed
+/// out only after that chunk authenticated; the end of the object is only reported
+/// (`Ok(0)`) after the final chunk authenticated, so a truncated object ends in an error,
+/// never in a silent short read. Authentication failures are `io::ErrorKind::InvalidData`
+/// errors carrying [`Error::Decryption`]; after one, every read fails.
+pub struct OpenReader<R: Read> {
+    inner: R,
+    header: Vec<u8>,
+    ciphers: Ciphers,
+    chunk_size: usize,
+    buf: Vec<u8>,
+    pos: usize,
+    index: u64,
+    carry: Option<u8>,
+    state: ReadState,
+}
+
+impl<R: Read> OpenReader<R> {
+    pub(crate) fn start(inner: R, header: Vec<u8>, ciphers: Ciphers, chunk_size: usize) -> Self {
+        Self {
+            inner,
+            header,
+            ciphers,
+            chunk_size,
+            buf: Vec::new(),
+            pos: 0,
+            index: 0,
+            carry: None,
+            state: ReadState::Reading,
+        }
+    }
+
+    /// Reads, authenticates and decrypts the next chunk into `buf`.
+    fn next_chunk(&mut self) -> io::Result<()> {
+        let full = self.chunk_size + self.ciphers.overhead();
+        self.buf.clear();
+        self.pos = 0;
+        if let Some(b) = self.carry.take() {
+            self.buf.push(b);
+        }
+        // Grows with the data actually present, never beyond one chunk plus its tags.
+        let want = (full - self.buf.len()) as u64;
+        (&mut self.inner).take(want).read_to_end(&mut self.buf)?;
+        let last = if self.buf.len() < full {
+            true
+        } else {
+            let mut one = [0u8; 1];
+            loop {
+                match self.inner.read(&mut one) {
+                    Ok(0) => break true,
+                    Ok(_) => {
+                        self.carry = Some(one[0]);
+                        break false;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let index = u32::try_from(self.index).map_err(|_| io_err(Error::Decryption))?;
+        // Only the first chunk of an empty object may be empty.
+        if last && index > 0 && self.buf.len() <= self.ciphers.overhead() {
+            return Err(io_err(Error::Decryption));
+        }
+        self.ciphers
+            .open_chunk(index, last, &self.header, &mut self.buf, 0)
+            .map_err(io_err)?;
+        self.index += 1;
+        if last {
+            self.state = ReadState::Done;
+        }
+        Ok(())
+    }
+
+    /// Returns the inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for OpenReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.pos < self.buf.len() {
+                let n = (self.buf.len() - self.pos).min(out.len());
+                out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            match self.state {
+                ReadState::Done => return Ok(0),
+                ReadState::Failed => return Err(io_err(Error::Decryption)),
+                ReadState::Reading => {
+                    if let Err(e) = self.next_chunk() {
+                        self.state = ReadState::Failed;
+                        self.buf.clear();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> core::fmt::Debug for OpenReader<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OpenReader")
+            .field("chunk_size", &self.chunk_size)
+            .field("chunks_read", &self.index)
+            .finish_non_exhaustive()
+    }
+}

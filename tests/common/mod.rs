@@ -1,0 +1,148 @@
+//! A small world for account tests: a tenant's vault, the service's platform and
+//! infrastructure keys, a directory that reaches the vault, a manual clock, an audit sink, and
+//! a fault injector around the service identity's provider (to count and cut calls).
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use byok::{
+    AccountId, AccountManager, FaultInjector, Identity, InMemoryVault, KeyId, KeySpec, ManualClock,
+    MemoryAuditSink, NewAccount, Permissions, PlatformKey, Policy, ProviderOp, VaultAdmin,
+    VaultDirectory, VaultProperties, WrapAlgorithm,
+};
+
+pub const HOST: &str = "contoso.vault.example";
+pub const REGION: &str = "westeurope";
+pub const TENANT: &str = "contoso";
+
+pub struct World {
+    pub clock: Arc<ManualClock>,
+    pub vault: InMemoryVault,
+    pub directory: Arc<VaultDirectory>,
+    pub audit: Arc<MemoryAuditSink>,
+    pub manager: AccountManager,
+    pub identity: Identity,
+    /// Wraps the service identity's provider on the tenant vault.
+    pub faults: FaultInjector,
+}
+
+pub fn vault(
+    host: &str,
+    region: &str,
+    tenant: &str,
+    seed: u8,
+    clock: &Arc<ManualClock>,
+) -> InMemoryVault {
+    InMemoryVault::with_clock_and_seed(
+        VaultProperties::new(host, region, tenant),
+        clock.clone(),
+        [seed; 32],
+    )
+}
+
+impl World {
+    pub async fn new() -> World {
+        let clock = Arc::new(ManualClock::default());
+        let service = Identity::new("service");
+        let platform = vault("platform.internal", REGION, "operator", 1, &clock);
+        platform
+            .create_key("platform-kek", KeySpec::Aes256)
+            .await
+            .expect("platform key");
+        platform
+            .set_access(&service, Permissions::CMK)
+            .await
+            .expect("grant");
+        let infra = vault("infra.internal", REGION, "operator", 2, &clock);
+        infra
+            .create_key("infra-kek", KeySpec::Aes256)
+            .await
+            .expect("infra key");
+        infra
+            .set_access(&service, Permissions::CMK)
+            .await
+            .expect("grant");
+
+        let tenant = vault(HOST, REGION, TENANT, 3, &clock);
+        let identity = Identity::new("uami-contoso");
+        tenant
+            .set_access(&identity, Permissions::CMK)
+            .await
+            .expect("grant");
+        let directory = Arc::new(VaultDirectory::new());
+        directory.add_vault(HOST, Arc::new(tenant.clone()));
+        let faults = FaultInjector::new(Arc::new(tenant.provider(&identity)), 42);
+        directory.override_provider(HOST, &identity, Arc::new(faults.clone()));
+
+        let audit = Arc::new(MemoryAuditSink::new());
+        let manager = AccountManager::builder(
+            PlatformKey::new(
+                Arc::new(platform.provider(&service)),
+                "platform-kek",
+                WrapAlgorithm::A256Kw,
+            ),
+            directory.clone(),
+        )
+        .infrastructure_key(PlatformKey::new(
+            Arc::new(infra.provider(&service)),
+            "infra-kek",
+            WrapAlgorithm::A256Kw,
+        ))
+        .audit(audit.clone())
+        .clock(clock.clone())
+        .build();
+        World {
+            clock,
+            vault: tenant,
+            directory,
+            audit,
+            manager,
+            identity,
+            faults,
+        }
+    }
+
+    /// Creates an RSA key of `bits` in the tenant vault and returns its versionless id.
+    pub async fn cmk(&self, name: &str, bits: u32) -> KeyId {
+        self.vault
+            .create_key(name, KeySpec::Rsa(bits))
+            .await
+            .expect("create cmk");
+        KeyId::new(HOST, name, None).expect("key id")
+    }
+
+    pub fn unwraps(&self) -> u64 {
+        self.faults.calls(ProviderOp::Unwrap)
+    }
+
+    pub async fn platform_account(&self, id: &str, policy: Policy) -> AccountId {
+        let id = AccountId::new(id).expect("id");
+        self.manager
+            .create_account(NewAccount::new(id.clone(), REGION, TENANT, policy))
+            .await
+            .expect("create account");
+        id
+    }
+
+    /// Adds another vault to the directory (same service identity granted).
+    pub async fn other_vault(
+        &self,
+        host: &str,
+        region: &str,
+        tenant: &str,
+        protected: bool,
+    ) -> InMemoryVault {
+        let props =
+            VaultProperties::new(host, region, tenant).with_protection(protected, protected);
+        let v = InMemoryVault::with_clock_and_seed(props, self.clock.clone(), [9; 32]);
+        v.set_access(&self.identity, Permissions::CMK)
+            .await
+            .expect("grant");
+        self.directory.add_vault(host, Arc::new(v.clone()));
+        v
+    }
+}
+
+pub fn class(name: &str) -> byok::DataClass {
+    byok::DataClass::new(name)
+}

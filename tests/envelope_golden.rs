@@ -1,0 +1,154 @@
+//! Compatibility forever: objects written by format version 1 under fixed keys, committed in
+//! `tests/data/`, must open with every later version of the crate.
+//!
+//! Regenerate (only when deliberately adding files — changing existing ones is a breaking
+//! change): `BYOK_REGEN_GOLDEN=1 cargo test --test envelope_golden`.
+//!
+//! Keys: account `acct-golden`; account key `ak-golden` version 1 = 32 × 0x11; layer-2 key
+//! `infra-golden` version 7 = 32 × 0x22; context `golden` (the fuzz targets use the same).
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use byok::{AccountKey, AesKey, Envelope, PreparedKey};
+
+fn keys() -> (PreparedKey, PreparedKey) {
+    let k = |id: &str, v, b| {
+        let ak = AccountKey::new(id, v, AesKey::from_bytes([b; 32])).unwrap();
+        PreparedKey::new("acct-golden", &ak).unwrap()
+    };
+    (k("ak-golden", 1, 0x11), k("infra-golden", 7, 0x22))
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 + 7) as u8).collect()
+}
+
+const SMALL: &[u8] = b"The quick brown fox jumps over the lazy dog.";
+const FIELD_CONTEXT: &[u8] = b"contentKeyPolicy/7/option/0";
+const FIELD: &[u8] = br#"{"tokenValidationKey":"c2VjcmV0","issuer":"https://sts.example"}"#;
+
+struct Case {
+    file: &'static str,
+    double: bool,
+    chunk: usize,
+    plaintext: Vec<u8>,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            file: "envelope_v1_small.bin",
+            double: false,
+            chunk: 1 << 16,
+            plaintext: SMALL.to_vec(),
+        },
+        Case {
+            file: "envelope_v1_large.bin",
+            double: false,
+            chunk: 1024,
+            plaintext: data(3 * 1024 + 500),
+        },
+        Case {
+            file: "envelope_v1_empty.bin",
+            double: false,
+            chunk: 1 << 16,
+            plaintext: Vec::new(),
+        },
+        Case {
+            file: "envelope_v1_double.bin",
+            double: true,
+            chunk: 1024,
+            plaintext: data(2 * 1024 + 100),
+        },
+        Case {
+            file: "envelope_v1_double_empty.bin",
+            double: true,
+            chunk: 64,
+            plaintext: Vec::new(),
+        },
+    ]
+}
+
+fn path(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(file)
+}
+
+#[test]
+fn golden_objects_open() {
+    let (k1, k2) = keys();
+    let regen = std::env::var_os("BYOK_REGEN_GOLDEN").is_some_and(|v| v == "1");
+    for case in cases() {
+        let mut env = Envelope::new(&k1).with_chunk_size(case.chunk).unwrap();
+        if case.double {
+            env = env.with_layer2(&k2).unwrap();
+        }
+        if regen {
+            std::fs::write(
+                path(case.file),
+                env.seal(b"golden", &case.plaintext).unwrap(),
+            )
+            .unwrap();
+        }
+        let obj = std::fs::read(path(case.file)).unwrap();
+        // Opening needs no chunk-size setting: it is in the header.
+        let opener = if case.double {
+            Envelope::new(&k1).with_layer2(&k2).unwrap()
+        } else {
+            Envelope::new(&k1)
+        };
+        assert_eq!(
+            opener.open(b"golden", &obj).unwrap(),
+            case.plaintext,
+            "{}",
+            case.file
+        );
+        let mut streamed = Vec::new();
+        opener
+            .open_reader(b"golden", obj.as_slice())
+            .unwrap()
+            .read_to_end(&mut streamed)
+            .unwrap();
+        assert_eq!(streamed, case.plaintext);
+        let info = byok::inspect(&obj).unwrap();
+        assert_eq!(info.format_version, 1);
+        assert_eq!(info.account_id, "acct-golden");
+        assert_eq!(
+            (info.account_key.id.as_str(), info.account_key.version),
+            ("ak-golden", 1)
+        );
+        assert_eq!(
+            info.layer2_key.map(|k| (k.id, k.version)),
+            case.double.then(|| ("infra-golden".to_owned(), 7))
+        );
+        assert_eq!(info.chunk_size, case.chunk);
+        // Holding only one layer's key yields nothing.
+        if case.double {
+            assert!(Envelope::new(&k1).open(b"golden", &obj).is_err());
+        }
+    }
+}
+
+#[test]
+fn golden_sealed_field_opens() {
+    let (k1, _) = keys();
+    let regen = std::env::var_os("BYOK_REGEN_GOLDEN").is_some_and(|v| v == "1");
+    if regen {
+        std::fs::write(
+            path("field_v1.bin"),
+            k1.seal_field(FIELD_CONTEXT, FIELD).unwrap(),
+        )
+        .unwrap();
+    }
+    let sealed = std::fs::read(path("field_v1.bin")).unwrap();
+    assert_eq!(k1.open_field(FIELD_CONTEXT, &sealed).unwrap(), FIELD);
+    assert_eq!(byok::field_key_version(&sealed).unwrap(), 1);
+    assert!(
+        k1.open_field(b"contentKeyPolicy/8/option/0", &sealed)
+            .is_err()
+    );
+}
