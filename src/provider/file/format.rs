@@ -3,8 +3,8 @@
 //! Three kinds of file, all described in `docs/FILE_VAULT.md`:
 //!
 //! - `vault.meta`: fixed-size, written once at creation. Magic, format version, KDF and its
-//!   parameters, salt, vault id, an unkeyed SHA-256 of those fields (tells accidental damage
-//!   apart from a wrong passphrase) and an HMAC under a subkey of the master key (the
+//!   parameters, salt, vault id, an unkeyed checksum of those fields (tells accidental damage
+//!   apart from a wrong passphrase) and a MAC under a subkey of the master key (the
 //!   authenticated check value that proves the passphrase or key file right).
 //! - `state` and `keys/<id>.key`: sealed records. A 30-byte header (magic, format version,
 //!   generation, nonce) followed by AES-256-GCM ciphertext and tag of the body. The AAD is the
@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{GCM_NONCE_LEN, Gcm, fill_random, hmac_sha256, sha256};
+use crate::crypto::{GCM_NONCE_LEN, Gcm, fill_random, hkdf_sha256};
 use crate::provider::soft::{KeyEntry, Material, VaultState};
 use crate::provider::{Identity, KeyType, Permissions, VaultProperties};
 
@@ -35,7 +35,7 @@ const META_MAGIC: &[u8; 8] = b"BYOKMETA";
 const STATE_MAGIC: &[u8; 8] = b"BYOKSTAT";
 const KEY_MAGIC: &[u8; 8] = b"BYOKKEY1";
 
-/// Length of `vault.meta`: fields (55) + SHA-256 (32) + HMAC (32).
+/// Length of `vault.meta`: fields (55) + checksum (32) + check value (32).
 const META_FIELDS_LEN: usize = 8 + 2 + 1 + 4 + 4 + 4 + 16 + 16;
 pub(super) const META_LEN: usize = META_FIELDS_LEN + 32 + 32;
 /// Length of a sealed record's header.
@@ -146,8 +146,8 @@ impl Meta {
     pub(super) fn encode(&self, check_key: &[u8; 32]) -> Vec<u8> {
         let mut out = Vec::with_capacity(META_LEN);
         out.extend_from_slice(&self.fields);
-        out.extend_from_slice(&sha256(&self.fields));
-        out.extend_from_slice(&hmac_sha256(check_key, &self.fields));
+        out.extend_from_slice(&checksum(&self.fields));
+        out.extend_from_slice(&check_value(check_key, &self.fields));
         out
     }
 
@@ -168,7 +168,7 @@ impl Meta {
         }
         let mut fields = [0u8; META_FIELDS_LEN];
         fields.copy_from_slice(&bytes[..META_FIELDS_LEN]);
-        if sha256(&fields)[..] != bytes[META_FIELDS_LEN..META_FIELDS_LEN + 32] {
+        if checksum(&fields)[..] != bytes[META_FIELDS_LEN..META_FIELDS_LEN + 32] {
             return Err(Malformed::Bad(
                 "vault.meta checksum mismatch (damaged or edited)",
             ));
@@ -205,9 +205,30 @@ impl Meta {
     /// Whether the check value authenticates under `check_key` (constant time).
     pub(super) fn verify(&self, check_key: &[u8; 32]) -> bool {
         use subtle::ConstantTimeEq;
-        let want = hmac_sha256(check_key, &self.fields);
+        let want = check_value(check_key, &self.fields);
         bool::from(want.ct_eq(&self.check))
     }
+}
+
+/// The unkeyed checksum of `vault.meta`'s fields: HKDF-SHA-256 with a fixed public salt, i.e.
+/// a plain hash (the crypto core's HKDF is the one hash primitive providers use).
+fn checksum(fields: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    hkdf_sha256(b"byok vault.meta checksum", fields, &[b"v1"], &mut out);
+    out
+}
+
+/// The check value: HKDF-SHA-256 keyed by the check key (its extract step is
+/// HMAC-SHA-256(check key, fields)), a MAC only the right master key reproduces.
+fn check_value(check_key: &[u8; 32], fields: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    hkdf_sha256(
+        check_key,
+        fields,
+        &[b"byok vault.meta check value v1"],
+        &mut out,
+    );
+    out
 }
 
 /// Seals `body` as a record of kind `magic` at `generation`, bound to `file_name` and
