@@ -445,9 +445,12 @@ fn sigkill_at_random_moments_loses_no_acknowledged_change() {
         let child = reaper.0.as_mut().unwrap();
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
-        assert!(
-            !status.success(),
-            "round {round}: the worker was not killed"
+        // Killed by our SIGKILL, not dead of its own failure (a worker that panics on a vault
+        // error exits with a status instead).
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "round {round}: the worker ended on its own: {status}"
         );
         reaper.0 = None;
         drop(out);
@@ -491,7 +494,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_change() {
         start.elapsed(),
         model.versions
     );
-    assert!(acked_total >= 100, "too few changes were exercised");
+    // Loose: the count depends on the machine's fsync latency; a few hundred is typical.
+    assert!(acked_total >= 50, "too few changes were exercised");
     assert!(mid_write > 0, "no kill landed inside a write");
     fs::remove_dir_all(&dir).unwrap();
     fs::remove_file(&log_path).unwrap();
