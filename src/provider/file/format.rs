@@ -861,6 +861,38 @@ mod tests {
         assert_eq!(FileId::from_file_name("x.key"), None);
     }
 
+    /// Parsing is total: mutated and random inputs give an error or a value, never a panic.
+    #[test]
+    fn parsers_are_total() {
+        let meta = Meta::new(Kdf::KeyFile).encode(&[1; 32]);
+        let (st, files) = sample();
+        let id = [7u8; 16];
+        let state = write_state(&gcm(), &id, 1, &st, &files).unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..5000 {
+            for base in [&meta, &state] {
+                let mut b = base.clone();
+                match next() % 3 {
+                    0 => b.truncate((next() % (b.len() as u64 + 1)) as usize),
+                    1 => {
+                        let i = (next() % b.len() as u64) as usize;
+                        b[i] = next() as u8;
+                    }
+                    _ => b = (0..next() % 200).map(|_| next() as u8).collect(),
+                }
+                let _ = Meta::decode(&b);
+                let _ = read_state(&gcm(), &id, &b);
+                let _ = read_key(&gcm(), &id, FileId([0; 16]), &b);
+            }
+        }
+    }
+
     #[test]
     fn meta_round_trip_and_unknown_version() {
         let meta = Meta::new(Kdf::Argon2id {
