@@ -251,6 +251,11 @@ pub enum ProviderErrorKind {
     Throttled,
     /// The backend cannot do this at all (e.g. an HSM without per-identity policies). 501.
     Unsupported,
+    /// The provider's stored data failed authentication or parsing: a truncated, bit-flipped
+    /// or hand-edited file of a file-backed vault (the message names the file). Nothing was
+    /// repaired or dropped. Neither definitive nor transient: the key may be intact in a
+    /// backup, and retrying will not help until an operator restores the data. 500.
+    Corrupted,
 }
 
 impl ProviderErrorKind {
@@ -282,6 +287,7 @@ impl ProviderErrorKind {
             Self::Conflict => 409,
             Self::Timeout | Self::Unavailable | Self::Throttled => 503,
             Self::Unsupported => 501,
+            Self::Corrupted => 500,
         }
     }
 }
@@ -302,6 +308,7 @@ impl fmt::Display for ProviderErrorKind {
             Self::Unavailable => "unavailable",
             Self::Throttled => "throttled",
             Self::Unsupported => "unsupported",
+            Self::Corrupted => "corrupted",
         };
         f.write_str(s)
     }
@@ -328,6 +335,7 @@ mod tests {
             Unavailable,
             Throttled,
             Unsupported,
+            Corrupted,
         ];
         for k in all {
             assert!(!(k.is_definitive() && k.is_transient()), "{k}");

@@ -38,6 +38,8 @@ pub use crate::envelope::{
 pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
 pub use crate::key_id::KeyId;
 pub use crate::provider::fault::{FaultInjector, ProviderOp};
+#[cfg(unix)]
+pub use crate::provider::file::{Argon2Params, FileProvider, FileVault, FileVaultOptions};
 pub use crate::provider::memory::{InMemoryProvider, InMemoryVault};
 #[cfg(feature = "pkcs11")]
 pub use crate::provider::pkcs11::{Pkcs11Config, Pkcs11Provider};

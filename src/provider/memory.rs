@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 
-use super::soft::{Material, Need, VaultState};
+use super::soft::{Change, Material, VaultState};
 use super::{
     AdminCapabilities, Identity, KeyProperties, KeyProvider, KeySpec, Permissions, VaultAdmin,
     VaultProperties, WrapAlgorithm, WrappedKey,
@@ -130,6 +130,20 @@ impl InMemoryVault {
         self.inner.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn apply(&self, change: Change) -> Result<(), ProviderError> {
+        self.write().apply(change).map(|_| ())
+    }
+
+    fn apply_version(
+        &self,
+        name: &str,
+        material: Material,
+        now: std::time::SystemTime,
+        create: bool,
+    ) -> Result<KeyProperties, ProviderError> {
+        self.write().add_version(name, material, now, create)
+    }
+
     fn generate(&self, spec: KeySpec) -> Result<Material, ProviderError> {
         // Generation runs outside the state lock: RSA 4096 takes a while.
         let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,44 +159,28 @@ impl VaultAdmin for InMemoryVault {
 
     async fn create_key(&self, name: &str, spec: KeySpec) -> Result<KeyProperties, ProviderError> {
         // Refuse a taken name before spending time on generation.
-        if self.read().keys.contains_key(name) {
-            return Err(ProviderError::new(
-                K::Conflict,
-                format!("key {name} already exists"),
-            ));
-        }
+        self.read().check_free(name)?;
         let m = self.generate(spec)?;
         let now = self.inner.clock.now();
-        self.write().add_version(name, m, now, true)
+        self.apply_version(name, m, now, true)
     }
 
     async fn import_rsa_pem(&self, name: &str, pem: &str) -> Result<KeyProperties, ProviderError> {
         let key = RsaPrivate::from_pem(pem)
             .map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))?;
         let now = self.inner.clock.now();
-        self.write()
-            .add_version(name, Material::Rsa(Arc::new(key)), now, false)
+        self.apply_version(name, Material::Rsa(Arc::new(key)), now, false)
     }
 
     async fn rotate_key(&self, name: &str) -> Result<KeyProperties, ProviderError> {
-        let spec = {
-            let st = self.read();
-            let e = st.live(name)?;
-            match e.versions.last().map(|v| v.material.key_type()) {
-                Some(super::KeyType::Rsa { bits }) => KeySpec::Rsa(bits),
-                Some(super::KeyType::Ec { .. }) => KeySpec::EcP256,
-                _ => KeySpec::Aes256,
-            }
-        };
+        let spec = self.read().rotation_spec(name)?;
         let m = self.generate(spec)?;
         let now = self.inner.clock.now();
-        self.write().add_version(name, m, now, false)
+        self.apply_version(name, m, now, false)
     }
 
     async fn list_versions(&self, name: &str) -> Result<Vec<KeyProperties>, ProviderError> {
-        let st = self.read();
-        let e = st.live(name)?;
-        Ok(e.versions.iter().map(|v| st.properties(name, v)).collect())
+        self.read().list_versions(name)
     }
 
     async fn set_enabled(
@@ -191,21 +189,33 @@ impl VaultAdmin for InMemoryVault {
         version: &str,
         enabled: bool,
     ) -> Result<(), ProviderError> {
-        self.write().set_enabled(name, version, enabled)
+        self.apply(Change::SetEnabled {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            enabled,
+        })
     }
 
     async fn delete_key(&self, name: &str) -> Result<(), ProviderError> {
         let now = self.inner.clock.now();
-        self.write().delete(name, now)
+        self.apply(Change::Delete {
+            name: name.to_owned(),
+            now,
+        })
     }
 
     async fn recover_key(&self, name: &str) -> Result<(), ProviderError> {
-        self.write().recover(name)
+        self.apply(Change::Recover {
+            name: name.to_owned(),
+        })
     }
 
     async fn purge_key(&self, name: &str) -> Result<(), ProviderError> {
         let now = self.inner.clock.now();
-        self.write().purge(name, now)
+        self.apply(Change::Purge {
+            name: name.to_owned(),
+            now,
+        })
     }
 
     async fn set_access(
@@ -213,13 +223,16 @@ impl VaultAdmin for InMemoryVault {
         identity: &Identity,
         permissions: Permissions,
     ) -> Result<(), ProviderError> {
-        self.write().access.insert(identity.clone(), permissions);
-        Ok(())
+        self.apply(Change::SetAccess {
+            identity: identity.clone(),
+            permissions,
+        })
     }
 
     async fn remove_identity(&self, identity: &Identity) -> Result<(), ProviderError> {
-        self.write().access.remove(identity);
-        Ok(())
+        self.apply(Change::RemoveIdentity {
+            identity: identity.clone(),
+        })
     }
 
     async fn provider_for(
@@ -255,10 +268,9 @@ impl KeyProvider for InMemoryProvider {
         name: &str,
         version: Option<&str>,
     ) -> Result<KeyProperties, ProviderError> {
-        let st = self.vault.read();
-        st.authorize(&self.identity, Need::Get)?;
-        let v = st.resolve(name, version)?;
-        Ok(st.properties(name, v))
+        self.vault
+            .read()
+            .key_properties(&self.identity, name, version)
     }
 
     async fn wrap_key(

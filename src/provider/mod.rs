@@ -16,6 +16,8 @@ use crate::secret::SecretBytes;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod conformance;
 pub(crate) mod fault;
+#[cfg(unix)]
+pub(crate) mod file;
 pub(crate) mod memory;
 #[cfg(feature = "pkcs11")]
 pub(crate) mod pkcs11;

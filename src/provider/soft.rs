@@ -419,6 +419,119 @@ impl VaultState {
     }
 }
 
+/// One change to a software vault's state, applied by [`VaultState::apply`]. Both software
+/// vaults go through this: the in-memory vault applies it under its lock, the file vault
+/// applies it to a freshly loaded copy under the cross-process lock and persists the result.
+pub(crate) enum Change {
+    /// A new version of `name` (a new key when `create`).
+    AddVersion {
+        name: String,
+        material: Material,
+        now: SystemTime,
+        create: bool,
+    },
+    SetEnabled {
+        name: String,
+        version: String,
+        enabled: bool,
+    },
+    Delete {
+        name: String,
+        now: SystemTime,
+    },
+    Recover {
+        name: String,
+    },
+    Purge {
+        name: String,
+        now: SystemTime,
+    },
+    SetAccess {
+        identity: Identity,
+        permissions: Permissions,
+    },
+    RemoveIdentity {
+        identity: Identity,
+    },
+}
+
+impl VaultState {
+    /// Applies `change`; returns the new version's properties for `AddVersion`. On error the
+    /// state is unchanged.
+    pub(crate) fn apply(&mut self, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
+        match change {
+            Change::AddVersion {
+                name,
+                material,
+                now,
+                create,
+            } => self.add_version(&name, material, now, create).map(Some),
+            Change::SetEnabled {
+                name,
+                version,
+                enabled,
+            } => self.set_enabled(&name, &version, enabled).map(|()| None),
+            Change::Delete { name, now } => self.delete(&name, now).map(|()| None),
+            Change::Recover { name } => self.recover(&name).map(|()| None),
+            Change::Purge { name, now } => self.purge(&name, now).map(|()| None),
+            Change::SetAccess {
+                identity,
+                permissions,
+            } => {
+                self.access.insert(identity, permissions);
+                Ok(None)
+            }
+            Change::RemoveIdentity { identity } => {
+                self.access.remove(&identity);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Refuses a name that is taken (also while soft-deleted), before a key is generated.
+    pub(crate) fn check_free(&self, name: &str) -> Result<(), ProviderError> {
+        if self.keys.contains_key(name) {
+            Err(ProviderError::new(
+                K::Conflict,
+                format!("key {name} already exists"),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// What a rotation of the live key `name` generates: the type of its newest version.
+    pub(crate) fn rotation_spec(&self, name: &str) -> Result<KeySpec, ProviderError> {
+        let e = self.live(name)?;
+        Ok(match e.versions.last().map(|v| v.material.key_type()) {
+            Some(KeyType::Rsa { bits }) => KeySpec::Rsa(bits),
+            Some(KeyType::Ec { .. }) => KeySpec::EcP256,
+            _ => KeySpec::Aes256,
+        })
+    }
+
+    /// All versions of the live key `name`, oldest first.
+    pub(crate) fn list_versions(&self, name: &str) -> Result<Vec<KeyProperties>, ProviderError> {
+        let e = self.live(name)?;
+        Ok(e.versions
+            .iter()
+            .map(|v| self.properties(name, v))
+            .collect())
+    }
+
+    /// Properties of `name` at `version` (latest enabled when `None`) as `who` sees them.
+    pub(crate) fn key_properties(
+        &self,
+        who: &Identity,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<KeyProperties, ProviderError> {
+        self.authorize(who, Need::Get)?;
+        let v = self.resolve(name, version)?;
+        Ok(self.properties(name, v))
+    }
+}
+
 fn not_found(name: &str) -> ProviderError {
     ProviderError::new(K::KeyNotFound, format!("key {name} not found"))
 }

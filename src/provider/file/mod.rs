@@ -1,0 +1,924 @@
+//! The file-backed vault: the in-memory vault's semantics ([`VaultState`]) persisted in one
+//! directory, crash-safe, shared between processes and sealed at rest.
+//!
+//! Layout, format and the crash-safety and locking arguments are in `docs/FILE_VAULT.md`. In
+//! short:
+//!
+//! - every change is applied (by [`VaultState::apply`], the same code as the in-memory vault)
+//!   to the newest state read under an exclusive `flock` on `lock`, new key versions are
+//!   written to their own files first, then the state file is replaced atomically (temporary
+//!   file, fsync, rename, fsync of the directory), and only then is the call acknowledged;
+//! - readers keep a decoded snapshot and the state file it came from open; one `stat` per
+//!   call tells whether another handle or process has replaced the state since (the open file
+//!   pins the old inode, so its number cannot be reused in between), in which case the state
+//!   is re-read under a shared lock, reusing the already decrypted key versions;
+//! - every file is authenticated (AES-256-GCM with the file's name and the vault id as AAD)
+//!   under a key derived from the master key; anything that fails is a
+//!   [`ProviderErrorKind::Corrupted`](crate::ProviderErrorKind::Corrupted) error naming the
+//!   file.
+//!
+//! Calls do blocking file I/O (an fsync per change, a `stat` per read). They are short, so
+//! they run on the caller's task like the in-memory vault's RSA operations; a service that
+//! rotates keys at high rates should call the admin surface from a blocking pool.
+
+mod format;
+mod fsio;
+
+use core::fmt;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use zeroize::Zeroizing;
+
+use self::format::{
+    FileId, FileMap, KEYS_DIR, Kdf, META_FILE, Malformed, Meta, STATE_FILE, TMP_PREFIX,
+};
+use super::memory::VaultRng;
+use super::soft::{Change, Material, VaultState};
+use super::{
+    AdminCapabilities, Identity, KeyProperties, KeyProvider, KeySpec, Permissions, VaultAdmin,
+    VaultProperties, WrapAlgorithm, WrappedKey,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::crypto::{Gcm, RsaPrivate, hkdf_sha256};
+use crate::error::{ProviderError, ProviderErrorKind as K};
+use crate::secret::{AesKey, SecretBytes, SecretString};
+
+/// Argon2id cost parameters for deriving a file vault's master key from a passphrase.
+///
+/// The default is OWASP's recommendation for Argon2id: 19 MiB of memory, 2 iterations, 1 lane.
+/// They are chosen when a vault is created and stored in its `vault.meta`; opening uses the
+/// stored ones. Lower them only for tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Argon2Params {
+    /// Memory in KiB (at least 8 × `parallelism`, at most 1 GiB).
+    pub memory_kib: u32,
+    /// Number of passes (1 to 64).
+    pub iterations: u32,
+    /// Degree of parallelism (lanes, 1 to 64).
+    pub parallelism: u32,
+}
+
+impl Argon2Params {
+    /// OWASP's Argon2id recommendation: m = 19 MiB, t = 2, p = 1.
+    pub const OWASP: Self = Self {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
+
+    /// Parameters with `memory_kib` KiB, `iterations` passes and `parallelism` lanes.
+    pub const fn new(memory_kib: u32, iterations: u32, parallelism: u32) -> Self {
+        Self {
+            memory_kib,
+            iterations,
+            parallelism,
+        }
+    }
+
+    fn validate(self) -> Result<Self, ProviderError> {
+        let ok = (1..=format::MAX_P).contains(&self.parallelism)
+            && (1..=format::MAX_T).contains(&self.iterations)
+            && self.memory_kib >= 8 * self.parallelism
+            && self.memory_kib <= format::MAX_M_KIB;
+        if ok {
+            Ok(self)
+        } else {
+            Err(ProviderError::new(
+                K::InvalidRequest,
+                format!("Argon2id parameters out of range: {self:?}"),
+            ))
+        }
+    }
+}
+
+impl Default for Argon2Params {
+    fn default() -> Self {
+        Self::OWASP
+    }
+}
+
+#[derive(Clone)]
+enum MasterSecret {
+    Passphrase(SecretString),
+    KeyFile(PathBuf),
+}
+
+/// How to unlock (and, at creation, protect) a [`FileVault`]: a passphrase stretched with
+/// Argon2id, or a key file of exactly 32 random bytes; plus the clock used for creation times
+/// and retention periods.
+#[derive(Clone)]
+pub struct FileVaultOptions {
+    secret: MasterSecret,
+    argon2: Argon2Params,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for FileVaultOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = match &self.secret {
+            MasterSecret::Passphrase(_) => "passphrase".to_owned(),
+            MasterSecret::KeyFile(p) => format!("key file {}", p.display()),
+        };
+        f.debug_struct("FileVaultOptions")
+            .field("secret", &secret)
+            .field("argon2", &self.argon2)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileVaultOptions {
+    /// Unlock with a passphrase: the master key is Argon2id(passphrase, the vault's salt)
+    /// with [`Argon2Params::OWASP`] unless changed with [`FileVaultOptions::argon2`].
+    pub fn with_passphrase(passphrase: SecretString) -> Self {
+        Self {
+            secret: MasterSecret::Passphrase(passphrase),
+            argon2: Argon2Params::OWASP,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Unlock with a key file holding exactly 32 random bytes (the master key itself). Keep
+    /// it readable by the vault's owner only, and apart from the vault directory.
+    pub fn with_key_file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            secret: MasterSecret::KeyFile(path.into()),
+            argon2: Argon2Params::OWASP,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The Argon2id parameters for a vault about to be created (an existing vault keeps the
+    /// ones stored in it).
+    pub fn argon2(mut self, params: Argon2Params) -> Self {
+        self.argon2 = params;
+        self
+    }
+
+    /// The clock for creation times and retention periods (tests inject a manual one).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// The decoded state as of one version of the `state` file.
+struct Snapshot {
+    state: VaultState,
+    files: FileMap,
+    generation: u64,
+    /// `(device, inode)` of the state file this came from.
+    ident: (u64, u64),
+    /// That file, kept open: while it is open its inode cannot be freed and reused, so a
+    /// different `(device, inode)` at the path reliably means the file was replaced.
+    _pin: fs::File,
+}
+
+struct Inner {
+    dir: PathBuf,
+    gcm: Gcm,
+    vault_id: [u8; 16],
+    clock: Arc<dyn Clock>,
+    rng: Mutex<VaultRng>,
+    snap: RwLock<Arc<Snapshot>>,
+}
+
+/// A software key vault persisted in a directory: the same keys, versions, enable/disable,
+/// soft-delete with recover and purge protection, and per-identity access policies as
+/// [`crate::InMemoryVault`], crash-safe, shareable between processes, with every private key
+/// sealed at rest under a master key from a passphrase (Argon2id) or a key file.
+///
+/// Clones share one handle; any number of handles, in any number of processes, may open the
+/// same directory. The handle is the vault *owner* ([`VaultAdmin`]); [`FileVault::provider`]
+/// gives a [`KeyProvider`] acting as one identity. The on-disk format is documented in
+/// `docs/FILE_VAULT.md`.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use byok::{FileVault, FileVaultOptions, Identity, KeyProvider, KeySpec, Permissions,
+///            SecretString, VaultAdmin, VaultProperties, WrapAlgorithm};
+/// # let dir = std::env::temp_dir().join(format!("byok-doc-{}", std::process::id()));
+/// # let _ = std::fs::remove_dir_all(&dir);
+/// let options = FileVaultOptions::with_passphrase(SecretString::from("correct horse battery"));
+/// let props = VaultProperties::new("contoso.vault.example", "westeurope", "t1");
+/// let vault = FileVault::create(&dir, props, &options)?;
+/// vault.create_key("cmk", KeySpec::Aes256).await?;
+/// let app = Identity::new("app");
+/// vault.set_access(&app, Permissions::CMK).await?;
+/// let wrapped = vault.provider(&app).wrap_key("cmk", None, WrapAlgorithm::A256Kw, &[7u8; 32]).await?;
+/// drop(vault);
+///
+/// // Later, or in another process:
+/// let vault = FileVault::open(&dir, &options)?;
+/// assert_eq!(vault.provider(&app).unwrap_key(&wrapped).await?.expose_secret(), &[7u8; 32]);
+///
+/// // A wrong passphrase is refused, never turned into garbage keys.
+/// let wrong = FileVaultOptions::with_passphrase(SecretString::from("wrong"));
+/// assert_eq!(FileVault::open(&dir, &wrong).unwrap_err().kind(), byok::ProviderErrorKind::Forbidden);
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), byok::ProviderError>(()) });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
+/// ```
+#[derive(Clone)]
+pub struct FileVault {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for FileVault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileVault")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(path: &Path, e: &io::Error) -> ProviderError {
+    ProviderError::new(
+        K::Unavailable,
+        format!("file vault {}: {e}", path.display()),
+    )
+}
+
+fn corrupted(path: &Path, what: impl fmt::Display) -> ProviderError {
+    ProviderError::new(
+        K::Corrupted,
+        format!("file vault file {} is corrupted: {what}", path.display()),
+    )
+}
+
+fn malformed(path: &Path, m: Malformed) -> ProviderError {
+    match m {
+        Malformed::UnknownVersion(_) => ProviderError::new(
+            K::Unsupported,
+            format!("file vault file {}: {m}", path.display()),
+        ),
+        other => corrupted(path, other),
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ProviderError {
+    ProviderError::new(K::InvalidRequest, msg)
+}
+
+/// The master key from the passphrase or key file, as `meta` says it was made.
+fn derive_master(
+    meta: &Meta,
+    secret: &MasterSecret,
+    dir: &Path,
+) -> Result<Zeroizing<[u8; 32]>, ProviderError> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    match (meta.kdf, secret) {
+        (Kdf::Argon2id { m_kib, t, p }, MasterSecret::Passphrase(pass)) => {
+            let params = argon2::Params::new(m_kib, t, p, Some(32))
+                .map_err(|e| invalid(format!("Argon2id parameters: {e}")))?;
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password_into(pass.expose_secret().as_bytes(), &meta.salt, &mut *out)
+                .map_err(|e| invalid(format!("Argon2id: {e}")))?;
+        }
+        (Kdf::KeyFile, MasterSecret::KeyFile(path)) => {
+            let bytes = Zeroizing::new(
+                fs::read(path).map_err(|e| invalid(format!("key file {}: {e}", path.display())))?,
+            );
+            if bytes.len() != 32 {
+                return Err(invalid(format!(
+                    "key file {} must hold exactly 32 bytes, it holds {}",
+                    path.display(),
+                    bytes.len()
+                )));
+            }
+            out.copy_from_slice(&bytes);
+        }
+        (Kdf::Argon2id { .. }, MasterSecret::KeyFile(_)) => {
+            return Err(ProviderError::new(
+                K::Forbidden,
+                format!(
+                    "file vault {} is protected by a passphrase, not a key file",
+                    dir.display()
+                ),
+            ));
+        }
+        (Kdf::KeyFile, MasterSecret::Passphrase(_)) => {
+            return Err(ProviderError::new(
+                K::Forbidden,
+                format!(
+                    "file vault {} is protected by a key file, not a passphrase",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `(check key, sealing key)` from the master key, bound to the vault id.
+fn subkeys(master: &[u8; 32], vault_id: &[u8; 16]) -> (Zeroizing<[u8; 32]>, AesKey) {
+    let mut check = Zeroizing::new([0u8; 32]);
+    hkdf_sha256(
+        vault_id,
+        master,
+        &[b"byok file vault v1", b"check value"],
+        &mut *check,
+    );
+    let mut seal = [0u8; 32];
+    hkdf_sha256(
+        vault_id,
+        master,
+        &[b"byok file vault v1", b"sealing key"],
+        &mut seal,
+    );
+    (check, AesKey::from_bytes(seal))
+}
+
+fn state_ident(md: &fs::Metadata) -> (u64, u64) {
+    (md.dev(), md.ino())
+}
+
+impl FileVault {
+    /// Creates a new, empty vault in the directory `dir`, which must not exist or be empty.
+    ///
+    /// The vault is built in a private staging directory next to `dir` and renamed into place,
+    /// so a crash during creation never leaves a half-made vault at `dir`. The directory is
+    /// created with mode 0700 and every file with mode 0600.
+    ///
+    /// # Errors
+    /// `Conflict` if `dir` exists and is not empty; `InvalidRequest` for an empty passphrase,
+    /// out-of-range Argon2 parameters or an unreadable key file; `Unavailable` for I/O errors.
+    pub fn create(
+        dir: impl AsRef<Path>,
+        props: VaultProperties,
+        options: &FileVaultOptions,
+    ) -> Result<Self, ProviderError> {
+        let dir = dir.as_ref();
+        let kdf = match &options.secret {
+            MasterSecret::Passphrase(p) => {
+                if p.expose_secret().is_empty() {
+                    return Err(invalid("a file vault's passphrase must not be empty"));
+                }
+                let a = options.argon2.validate()?;
+                Kdf::Argon2id {
+                    m_kib: a.memory_kib,
+                    t: a.iterations,
+                    p: a.parallelism,
+                }
+            }
+            MasterSecret::KeyFile(_) => Kdf::KeyFile,
+        };
+        let meta = Meta::new(kdf);
+        let master = derive_master(&meta, &options.secret, dir)?;
+        let (check, seal) = subkeys(&master, &meta.vault_id);
+        let gcm = Gcm::new(&seal);
+        let name = dir
+            .file_name()
+            .ok_or_else(|| invalid(format!("{} cannot name a vault directory", dir.display())))?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if let Ok(mut entries) = fs::read_dir(dir)
+            && entries.next().is_some()
+        {
+            return Err(ProviderError::new(
+                K::Conflict,
+                format!("{} exists and is not empty", dir.display()),
+            ));
+        }
+        let mut rnd = [0u8; 8];
+        crate::crypto::fill_random(&mut rnd);
+        let staging = parent.join(format!(
+            ".{}{TMP_PREFIX}{}",
+            name.to_string_lossy(),
+            crate::util::hex(&rnd)
+        ));
+        let built = (|| -> Result<(), ProviderError> {
+            let io = |e: io::Error| io_err(&staging, &e);
+            fsio::mkdir_private(&staging).map_err(io)?;
+            fsio::mkdir_private(&staging.join(KEYS_DIR)).map_err(io)?;
+            let write = |name: &str, bytes: &[u8]| -> Result<(), ProviderError> {
+                use std::io::Write;
+                let mut f = fsio::create_private(&staging.join(name)).map_err(io)?;
+                f.write_all(bytes).map_err(io)?;
+                f.sync_all().map_err(io)
+            };
+            write(META_FILE, &meta.encode(&check))?;
+            write(format::LOCK_FILE, b"")?;
+            let state = format::write_state(
+                &gcm,
+                &meta.vault_id,
+                1,
+                &VaultState::new(props),
+                &FileMap::new(),
+            )
+            .map_err(|m| malformed(&staging.join(STATE_FILE), m))?;
+            write(STATE_FILE, &state)?;
+            fsio::sync_dir(&staging.join(KEYS_DIR)).map_err(io)?;
+            fsio::sync_dir(&staging).map_err(io)?;
+            fs::rename(&staging, dir).map_err(|e| {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty
+                ) {
+                    ProviderError::new(
+                        K::Conflict,
+                        format!("{} exists and is not empty", dir.display()),
+                    )
+                } else {
+                    io_err(dir, &e)
+                }
+            })?;
+            fsio::sync_dir(&parent).map_err(|e| io_err(&parent, &e))
+        })();
+        if let Err(e) = built {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        Self::finish_open(dir, gcm, meta.vault_id, options)
+    }
+
+    /// Opens the vault in `dir`, unlocking it with the options' passphrase or key file.
+    ///
+    /// Under the exclusive lock, removes temporary files left by a crash and key files that no
+    /// state refers to (versions written by a change that crashed before its commit); then
+    /// reads and authenticates the state and every key version.
+    ///
+    /// # Errors
+    /// `VaultNotFound` if `dir` holds no vault; `Forbidden` for a wrong passphrase or key file
+    /// (detected by the authenticated check value in `vault.meta`); `Corrupted`, naming the
+    /// file, for any file that is truncated, altered or missing; `Unsupported` for a newer
+    /// format version; `InvalidRequest` for an unreadable key file; `Unavailable` for I/O
+    /// errors.
+    pub fn open(dir: impl AsRef<Path>, options: &FileVaultOptions) -> Result<Self, ProviderError> {
+        let dir = dir.as_ref();
+        let meta_path = dir.join(META_FILE);
+        let bytes = match fs::read(&meta_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ProviderError::new(
+                    K::VaultNotFound,
+                    format!("no file vault at {}", dir.display()),
+                ));
+            }
+            Err(e) => return Err(io_err(&meta_path, &e)),
+        };
+        let meta = Meta::decode(&bytes).map_err(|m| malformed(&meta_path, m))?;
+        let master = derive_master(&meta, &options.secret, dir)?;
+        let (check, seal) = subkeys(&master, &meta.vault_id);
+        if !meta.verify(&check) {
+            return Err(ProviderError::new(
+                K::Forbidden,
+                format!(
+                    "wrong passphrase or key file for file vault {}: the authenticated check \
+                     value in vault.meta does not verify",
+                    dir.display()
+                ),
+            ));
+        }
+        Self::finish_open(dir, Gcm::new(&seal), meta.vault_id, options)
+    }
+
+    fn finish_open(
+        dir: &Path,
+        gcm: Gcm,
+        vault_id: [u8; 16],
+        options: &FileVaultOptions,
+    ) -> Result<Self, ProviderError> {
+        let keys_dir = dir.join(KEYS_DIR);
+        let _lock = fsio::lock_exclusive(dir).map_err(|e| io_err(dir, &e))?;
+        fsio::remove_temp_files(dir).map_err(|e| io_err(dir, &e))?;
+        fsio::remove_temp_files(&keys_dir).map_err(|e| io_err(&keys_dir, &e))?;
+        let mut partial = Inner {
+            dir: dir.to_path_buf(),
+            gcm,
+            vault_id,
+            clock: Arc::clone(&options.clock),
+            rng: Mutex::new(VaultRng::Os),
+            snap: RwLock::new(Arc::new(Snapshot {
+                state: VaultState::new(VaultProperties::new("", "", "")),
+                files: FileMap::new(),
+                generation: 0,
+                ident: (u64::MAX, u64::MAX),
+                _pin: fs::File::open(dir).map_err(|e| io_err(dir, &e))?,
+            })),
+        };
+        let snap = Self::load(&partial, None)?;
+        // Key files nothing refers to: versions whose change crashed before the state
+        // committed (never acknowledged), or purged versions whose removal was interrupted.
+        let referenced: HashSet<FileId> = snap
+            .files
+            .values()
+            .flat_map(|m| m.values().copied())
+            .collect();
+        let mut removed = 0;
+        for entry in fs::read_dir(&keys_dir).map_err(|e| io_err(&keys_dir, &e))? {
+            let entry = entry.map_err(|e| io_err(&keys_dir, &e))?;
+            if let Some(id) = FileId::from_file_name(&entry.file_name().to_string_lossy())
+                && !referenced.contains(&id)
+            {
+                fs::remove_file(entry.path()).map_err(|e| io_err(&entry.path(), &e))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            fsio::sync_dir(&keys_dir).map_err(|e| io_err(&keys_dir, &e))?;
+        }
+        partial.snap = RwLock::new(Arc::new(snap));
+        Ok(Self {
+            inner: Arc::new(partial),
+        })
+    }
+
+    /// A provider acting as `identity`.
+    pub fn provider(&self, identity: &Identity) -> FileProvider {
+        FileProvider {
+            vault: self.clone(),
+            identity: identity.clone(),
+        }
+    }
+
+    /// The vault's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn snap(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.inner.snap.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.inner.dir.join(STATE_FILE)
+    }
+
+    /// Whether `snap` still describes the state file on disk (one `stat`).
+    fn is_current(&self, snap: &Snapshot) -> Result<bool, ProviderError> {
+        let path = self.state_path();
+        match fs::metadata(&path) {
+            Ok(md) => Ok(state_ident(&md) == snap.ident),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(corrupted(&path, "missing")),
+            Err(e) => Err(io_err(&path, &e)),
+        }
+    }
+
+    /// The current state: the cached snapshot unless another handle or process replaced the
+    /// state file, in which case it is re-read under the shared lock.
+    fn current(&self) -> Result<Arc<Snapshot>, ProviderError> {
+        let snap = self.snap();
+        if self.is_current(&snap)? {
+            return Ok(snap);
+        }
+        let _lock = fsio::lock_shared(&self.inner.dir).map_err(|e| io_err(&self.inner.dir, &e))?;
+        self.reload(&snap)
+    }
+
+    /// Re-reads the state (the caller holds a lock) and installs it.
+    fn reload(&self, prev: &Snapshot) -> Result<Arc<Snapshot>, ProviderError> {
+        let fresh = Arc::new(Self::load(&self.inner, Some(prev))?);
+        let mut slot = self.inner.snap.write().unwrap_or_else(|p| p.into_inner());
+        if fresh.generation < slot.generation {
+            return Err(corrupted(
+                &self.state_path(),
+                format!(
+                    "its generation went back from {} to {}: it was replaced by an older copy",
+                    slot.generation, fresh.generation
+                ),
+            ));
+        }
+        *slot = Arc::clone(&fresh);
+        Ok(fresh)
+    }
+
+    /// Reads and authenticates the state file and every key version it names that `prev`
+    /// does not already hold (key files are immutable, so those are reused).
+    fn load(inner: &Inner, prev: Option<&Snapshot>) -> Result<Snapshot, ProviderError> {
+        let path = inner.dir.join(STATE_FILE);
+        let (file, bytes) = fsio::read_file(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => corrupted(&path, "missing"),
+            io::ErrorKind::InvalidData => corrupted(&path, e),
+            _ => io_err(&path, &e),
+        })?;
+        let ident = state_ident(&file.metadata().map_err(|e| io_err(&path, &e))?);
+        let rec = format::read_state(&inner.gcm, &inner.vault_id, &bytes)
+            .map_err(|m| malformed(&path, m))?;
+        let generation = rec.generation;
+        let mut reuse: HashMap<FileId, Material> = HashMap::new();
+        if let Some(prev) = prev {
+            for (name, entry) in &prev.state.keys {
+                for v in &entry.versions {
+                    if let Some(id) = prev.files.get(name).and_then(|m| m.get(&v.version)) {
+                        reuse.insert(*id, v.material.clone());
+                    }
+                }
+            }
+        }
+        let (state, files) = format::assemble(rec, |name, v| {
+            if let Some(m) = reuse.get(&v.file) {
+                return Ok(m.clone());
+            }
+            let kpath = inner.dir.join(v.file.rel_path());
+            let (_, bytes) = fsio::read_file(&kpath).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => corrupted(&kpath, "missing, yet the state refers to it"),
+                io::ErrorKind::InvalidData => corrupted(&kpath, e),
+                _ => io_err(&kpath, &e),
+            })?;
+            let (rec, key_type) = format::read_key(&inner.gcm, &inner.vault_id, v.file, &bytes)
+                .map_err(|m| malformed(&kpath, m))?;
+            if rec.name != name || rec.version != v.version || key_type != v.key_type {
+                return Err(corrupted(
+                    &kpath,
+                    format!(
+                        "it holds {} version {} ({key_type}), the state expects {name} version {} \
+                         ({})",
+                        rec.name, rec.version, v.version, v.key_type
+                    ),
+                ));
+            }
+            Ok(rec.material)
+        })?;
+        Ok(Snapshot {
+            state,
+            files,
+            generation,
+            ident,
+            _pin: file,
+        })
+    }
+
+    /// Applies `change` to the newest state under the exclusive lock and persists it: new key
+    /// versions first, then the state file, each atomically and durably. Returns only once
+    /// the change is on disk.
+    fn commit(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
+        let dir = &self.inner.dir;
+        let keys_dir = dir.join(KEYS_DIR);
+        let _lock = fsio::lock_exclusive(dir).map_err(|e| io_err(dir, &e))?;
+        let base = {
+            let snap = self.snap();
+            if self.is_current(&snap)? {
+                snap
+            } else {
+                self.reload(&snap)?
+            }
+        };
+        let mut state = base.state.clone();
+        let out = state.apply(change)?;
+        let mut files = base.files.clone();
+        for (name, entry) in &state.keys {
+            let known = files.entry(name.clone()).or_default();
+            for v in &entry.versions {
+                if known.contains_key(&v.version) {
+                    continue;
+                }
+                let id = FileId::random();
+                let bytes = format::write_key(
+                    &self.inner.gcm,
+                    &self.inner.vault_id,
+                    id,
+                    name,
+                    &v.version,
+                    v.created,
+                    &v.material,
+                )
+                .map_err(|m| invalid(format!("cannot store key {name}: {m}")))?;
+                let rel = id.rel_path();
+                let file_name = rel.rsplit('/').next().unwrap_or(&rel);
+                fsio::write_atomic(&keys_dir, file_name, &bytes)
+                    .map_err(|e| io_err(&dir.join(&rel), &e))?;
+                known.insert(v.version.clone(), id);
+            }
+        }
+        // Versions that are gone (purge, or delete without soft-delete): their files are
+        // removed once the state no longer refers to them.
+        let mut dropped = Vec::new();
+        files.retain(|name, known| match state.keys.get(name) {
+            None => {
+                dropped.extend(known.values().copied());
+                false
+            }
+            Some(entry) => {
+                if known.len() != entry.versions.len() {
+                    let live: HashSet<&str> =
+                        entry.versions.iter().map(|v| v.version.as_str()).collect();
+                    known.retain(|version, id| {
+                        let keep = live.contains(version.as_str());
+                        if !keep {
+                            dropped.push(*id);
+                        }
+                        keep
+                    });
+                }
+                true
+            }
+        });
+        let generation = base.generation + 1;
+        let bytes = format::write_state(
+            &self.inner.gcm,
+            &self.inner.vault_id,
+            generation,
+            &state,
+            &files,
+        )
+        .map_err(|m| invalid(format!("cannot store the vault state: {m}")))?;
+        let file = fsio::write_atomic(dir, STATE_FILE, &bytes)
+            .map_err(|e| io_err(&self.state_path(), &e))?;
+        let ident = state_ident(
+            &file
+                .metadata()
+                .map_err(|e| io_err(&self.state_path(), &e))?,
+        );
+        *self.inner.snap.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot {
+            state,
+            files,
+            generation,
+            ident,
+            _pin: file,
+        });
+        // The change is committed. Purged versions' files go now (a crash here leaves them
+        // unreferenced, and the next open removes them).
+        if !dropped.is_empty() {
+            for id in dropped {
+                let p = dir.join(id.rel_path());
+                if let Err(e) = fs::remove_file(&p)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    return Err(io_err(&p, &e));
+                }
+            }
+            fsio::sync_dir(&keys_dir).map_err(|e| io_err(&keys_dir, &e))?;
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, change: Change) -> Result<(), ProviderError> {
+        self.commit(change).map(|_| ())
+    }
+
+    fn add_version(
+        &self,
+        name: &str,
+        material: Material,
+        create: bool,
+    ) -> Result<KeyProperties, ProviderError> {
+        let now = self.inner.clock.now();
+        self.commit(Change::AddVersion {
+            name: name.to_owned(),
+            material,
+            now,
+            create,
+        })?
+        .ok_or_else(|| invalid("no version was added"))
+    }
+
+    fn generate(&self, spec: KeySpec) -> Result<Material, ProviderError> {
+        // Outside the vault lock: RSA 4096 generation takes a while.
+        let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
+        Material::generate(spec, &mut rng)
+    }
+}
+
+#[async_trait]
+impl VaultAdmin for FileVault {
+    fn capabilities(&self) -> AdminCapabilities {
+        AdminCapabilities::ALL
+    }
+
+    async fn create_key(&self, name: &str, spec: KeySpec) -> Result<KeyProperties, ProviderError> {
+        // Refuse a taken name before spending time on generation (checked again under the
+        // lock).
+        self.current()?.state.check_free(name)?;
+        let m = self.generate(spec)?;
+        self.add_version(name, m, true)
+    }
+
+    async fn import_rsa_pem(&self, name: &str, pem: &str) -> Result<KeyProperties, ProviderError> {
+        let key = RsaPrivate::from_pem(pem).map_err(|e| invalid(e.to_string()))?;
+        self.add_version(name, Material::Rsa(Arc::new(key)), false)
+    }
+
+    async fn rotate_key(&self, name: &str) -> Result<KeyProperties, ProviderError> {
+        let spec = self.current()?.state.rotation_spec(name)?;
+        let m = self.generate(spec)?;
+        self.add_version(name, m, false)
+    }
+
+    async fn list_versions(&self, name: &str) -> Result<Vec<KeyProperties>, ProviderError> {
+        self.current()?.state.list_versions(name)
+    }
+
+    async fn set_enabled(
+        &self,
+        name: &str,
+        version: &str,
+        enabled: bool,
+    ) -> Result<(), ProviderError> {
+        self.apply(Change::SetEnabled {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            enabled,
+        })
+    }
+
+    async fn delete_key(&self, name: &str) -> Result<(), ProviderError> {
+        let now = self.inner.clock.now();
+        self.apply(Change::Delete {
+            name: name.to_owned(),
+            now,
+        })
+    }
+
+    async fn recover_key(&self, name: &str) -> Result<(), ProviderError> {
+        self.apply(Change::Recover {
+            name: name.to_owned(),
+        })
+    }
+
+    async fn purge_key(&self, name: &str) -> Result<(), ProviderError> {
+        let now = self.inner.clock.now();
+        self.apply(Change::Purge {
+            name: name.to_owned(),
+            now,
+        })
+    }
+
+    async fn set_access(
+        &self,
+        identity: &Identity,
+        permissions: Permissions,
+    ) -> Result<(), ProviderError> {
+        self.apply(Change::SetAccess {
+            identity: identity.clone(),
+            permissions,
+        })
+    }
+
+    async fn remove_identity(&self, identity: &Identity) -> Result<(), ProviderError> {
+        self.apply(Change::RemoveIdentity {
+            identity: identity.clone(),
+        })
+    }
+
+    async fn provider_for(
+        &self,
+        identity: &Identity,
+    ) -> Result<Arc<dyn KeyProvider>, ProviderError> {
+        Ok(Arc::new(self.provider(identity)))
+    }
+}
+
+/// A [`KeyProvider`] acting as one identity on a [`FileVault`]. It sees changes made by other
+/// handles and processes on its next call.
+#[derive(Clone, Debug)]
+pub struct FileProvider {
+    vault: FileVault,
+    identity: Identity,
+}
+
+impl FileProvider {
+    /// The identity this provider acts as.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+}
+
+#[async_trait]
+impl KeyProvider for FileProvider {
+    async fn vault_properties(&self) -> Result<VaultProperties, ProviderError> {
+        Ok(self.vault.current()?.state.props.clone())
+    }
+
+    async fn key_properties(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<KeyProperties, ProviderError> {
+        self.vault
+            .current()?
+            .state
+            .key_properties(&self.identity, name, version)
+    }
+
+    async fn wrap_key(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        algorithm: WrapAlgorithm,
+        key: &[u8],
+    ) -> Result<WrappedKey, ProviderError> {
+        self.vault
+            .current()?
+            .state
+            .wrap(&self.identity, name, version, algorithm, key)
+    }
+
+    async fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<SecretBytes, ProviderError> {
+        let material = self
+            .vault
+            .current()?
+            .state
+            .unwrap_material(&self.identity, wrapped)?;
+        // The private-key operation runs without holding any lock.
+        material.unwrap(wrapped.algorithm, &wrapped.ciphertext)
+    }
+}
