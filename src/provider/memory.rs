@@ -1,18 +1,13 @@
 //! The in-memory vault: a complete software key vault held in process memory.
 
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
-use async_trait::async_trait;
-
-use super::soft::{Change, Material, VaultState};
-use super::{
-    AdminCapabilities, Identity, KeyProperties, KeyProvider, KeySpec, Permissions, VaultAdmin,
-    VaultProperties, WrapAlgorithm, WrappedKey,
-};
+use super::soft::{Change, Material, SoftVault, VaultState, soft_vault_impls};
+use super::{Identity, KeyProperties, KeySpec, VaultProperties};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{RsaPrivate, SeededRng, ThreadRng, fill_random};
-use crate::error::{ProviderError, ProviderErrorKind as K};
-use crate::secret::SecretBytes;
+use crate::error::ProviderError;
 
 /// The randomness a software vault draws keys from.
 pub(crate) enum VaultRng {
@@ -51,8 +46,8 @@ struct Inner {
 /// versions, enable/disable, soft-delete with recover and purge protection, and per-identity
 /// access policies.
 ///
-/// Clones share the same vault. The handle itself is the vault *owner* ([`VaultAdmin`]);
-/// [`InMemoryVault::provider`] gives a [`KeyProvider`] that acts as one identity and is
+/// Clones share the same vault. The handle itself is the vault *owner* ([`VaultAdmin`](crate::VaultAdmin));
+/// [`InMemoryVault::provider`] gives a [`KeyProvider`](crate::KeyProvider) that acts as one identity and is
 /// subject to its access policy.
 ///
 /// ```
@@ -129,121 +124,33 @@ impl InMemoryVault {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, VaultState> {
         self.inner.state.write().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    fn apply(&self, change: Change) -> Result<(), ProviderError> {
-        self.write().apply(change).map(|_| ())
+impl SoftVault for InMemoryVault {
+    fn with_state<T>(
+        &self,
+        f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        f(&self.read())
     }
 
-    fn apply_version(
-        &self,
-        name: &str,
-        material: Material,
-        now: std::time::SystemTime,
-        create: bool,
-    ) -> Result<KeyProperties, ProviderError> {
-        self.write().add_version(name, material, now, create)
+    fn commit(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
+        self.write().apply(change)
     }
 
     fn generate(&self, spec: KeySpec) -> Result<Material, ProviderError> {
-        // Generation runs outside the state lock: RSA 4096 takes a while.
         let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
         Material::generate(spec, &mut rng)
     }
-}
 
-#[async_trait]
-impl VaultAdmin for InMemoryVault {
-    fn capabilities(&self) -> AdminCapabilities {
-        AdminCapabilities::ALL
-    }
-
-    async fn create_key(&self, name: &str, spec: KeySpec) -> Result<KeyProperties, ProviderError> {
-        // Refuse a taken name before spending time on generation.
-        self.read().check_free(name)?;
-        let m = self.generate(spec)?;
-        let now = self.inner.clock.now();
-        self.apply_version(name, m, now, true)
-    }
-
-    async fn import_rsa_pem(&self, name: &str, pem: &str) -> Result<KeyProperties, ProviderError> {
-        let key = RsaPrivate::from_pem(pem)
-            .map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))?;
-        let now = self.inner.clock.now();
-        self.apply_version(name, Material::Rsa(Arc::new(key)), now, false)
-    }
-
-    async fn rotate_key(&self, name: &str) -> Result<KeyProperties, ProviderError> {
-        let spec = self.read().rotation_spec(name)?;
-        let m = self.generate(spec)?;
-        let now = self.inner.clock.now();
-        self.apply_version(name, m, now, false)
-    }
-
-    async fn list_versions(&self, name: &str) -> Result<Vec<KeyProperties>, ProviderError> {
-        self.read().list_versions(name)
-    }
-
-    async fn set_enabled(
-        &self,
-        name: &str,
-        version: &str,
-        enabled: bool,
-    ) -> Result<(), ProviderError> {
-        self.apply(Change::SetEnabled {
-            name: name.to_owned(),
-            version: version.to_owned(),
-            enabled,
-        })
-    }
-
-    async fn delete_key(&self, name: &str) -> Result<(), ProviderError> {
-        let now = self.inner.clock.now();
-        self.apply(Change::Delete {
-            name: name.to_owned(),
-            now,
-        })
-    }
-
-    async fn recover_key(&self, name: &str) -> Result<(), ProviderError> {
-        self.apply(Change::Recover {
-            name: name.to_owned(),
-        })
-    }
-
-    async fn purge_key(&self, name: &str) -> Result<(), ProviderError> {
-        let now = self.inner.clock.now();
-        self.apply(Change::Purge {
-            name: name.to_owned(),
-            now,
-        })
-    }
-
-    async fn set_access(
-        &self,
-        identity: &Identity,
-        permissions: Permissions,
-    ) -> Result<(), ProviderError> {
-        self.apply(Change::SetAccess {
-            identity: identity.clone(),
-            permissions,
-        })
-    }
-
-    async fn remove_identity(&self, identity: &Identity) -> Result<(), ProviderError> {
-        self.apply(Change::RemoveIdentity {
-            identity: identity.clone(),
-        })
-    }
-
-    async fn provider_for(
-        &self,
-        identity: &Identity,
-    ) -> Result<Arc<dyn KeyProvider>, ProviderError> {
-        Ok(Arc::new(self.provider(identity)))
+    fn now(&self) -> SystemTime {
+        self.inner.clock.now()
     }
 }
 
-/// A [`KeyProvider`] acting as one identity on an [`InMemoryVault`].
+soft_vault_impls!(InMemoryVault, InMemoryProvider);
+
+/// A [`KeyProvider`](crate::KeyProvider) acting as one identity on an [`InMemoryVault`].
 #[derive(Clone, Debug)]
 pub struct InMemoryProvider {
     vault: InMemoryVault,
@@ -254,40 +161,5 @@ impl InMemoryProvider {
     /// The identity this provider acts as.
     pub fn identity(&self) -> &Identity {
         &self.identity
-    }
-}
-
-#[async_trait]
-impl KeyProvider for InMemoryProvider {
-    async fn vault_properties(&self) -> Result<VaultProperties, ProviderError> {
-        Ok(self.vault.read().props.clone())
-    }
-
-    async fn key_properties(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<KeyProperties, ProviderError> {
-        self.vault
-            .read()
-            .key_properties(&self.identity, name, version)
-    }
-
-    async fn wrap_key(
-        &self,
-        name: &str,
-        version: Option<&str>,
-        algorithm: WrapAlgorithm,
-        key: &[u8],
-    ) -> Result<WrappedKey, ProviderError> {
-        self.vault
-            .read()
-            .wrap(&self.identity, name, version, algorithm, key)
-    }
-
-    async fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<SecretBytes, ProviderError> {
-        let material = self.vault.read().unwrap_material(&self.identity, wrapped)?;
-        // The private-key operation runs without holding the vault lock.
-        material.unwrap(wrapped.algorithm, &wrapped.ciphertext)
     }
 }

@@ -549,3 +549,221 @@ fn check_name(name: &str) -> Result<(), ProviderError> {
         ))
     }
 }
+
+/// A software vault's storage: how to read the current state and commit a change. The
+/// in-memory and file vaults differ only here; [`soft_vault_impls!`] gives both the same
+/// [`super::VaultAdmin`] and [`super::KeyProvider`] behaviour on top of it.
+pub(crate) trait SoftVault {
+    /// Runs `f` on the current state (reloaded first where another process may have changed
+    /// it).
+    fn with_state<T>(
+        &self,
+        f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError>;
+
+    /// Applies `change` durably (acknowledged only once it is stored).
+    fn commit(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError>;
+
+    /// Generates key material (outside any state lock: RSA 4096 takes a while).
+    fn generate(&self, spec: KeySpec) -> Result<Material, ProviderError>;
+
+    /// The vault's clock.
+    fn now(&self) -> SystemTime;
+
+    /// Applies a change whose result is not needed.
+    fn apply(&self, change: Change) -> Result<(), ProviderError> {
+        self.commit(change).map(|_| ())
+    }
+
+    /// Adds `material` as the newest version of `name` (a new key when `create`).
+    fn add_version(
+        &self,
+        name: &str,
+        material: Material,
+        create: bool,
+    ) -> Result<KeyProperties, ProviderError> {
+        self.commit(Change::AddVersion {
+            name: name.to_owned(),
+            material,
+            now: self.now(),
+            create,
+        })?
+        .ok_or_else(|| ProviderError::new(K::InvalidRequest, "no version was added"))
+    }
+}
+
+/// `VaultAdmin` for a software vault type `$vault` (a [`SoftVault`] with a
+/// `provider(&Identity) -> $provider` method) and `KeyProvider` for `$provider` (a struct with
+/// `vault: $vault` and `identity: Identity` fields).
+macro_rules! soft_vault_impls {
+    ($vault:ty, $provider:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::provider::VaultAdmin for $vault {
+            fn capabilities(&self) -> $crate::provider::AdminCapabilities {
+                $crate::provider::AdminCapabilities::ALL
+            }
+
+            async fn create_key(
+                &self,
+                name: &str,
+                spec: $crate::provider::KeySpec,
+            ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                // Refuse a taken name before spending time on generation (checked again when
+                // the change is applied).
+                self.with_state(|s| s.check_free(name))?;
+                let m = self.generate(spec)?;
+                self.add_version(name, m, true)
+            }
+
+            async fn import_rsa_pem(
+                &self,
+                name: &str,
+                pem: &str,
+            ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                let key = $crate::crypto::RsaPrivate::from_pem(pem).map_err(|e| {
+                    $crate::ProviderError::new(
+                        $crate::ProviderErrorKind::InvalidRequest,
+                        e.to_string(),
+                    )
+                })?;
+                self.add_version(
+                    name,
+                    $crate::provider::soft::Material::Rsa(std::sync::Arc::new(key)),
+                    false,
+                )
+            }
+
+            async fn rotate_key(
+                &self,
+                name: &str,
+            ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                let spec = self.with_state(|s| s.rotation_spec(name))?;
+                let m = self.generate(spec)?;
+                self.add_version(name, m, false)
+            }
+
+            async fn list_versions(
+                &self,
+                name: &str,
+            ) -> Result<Vec<$crate::provider::KeyProperties>, $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.with_state(|s| s.list_versions(name))
+            }
+
+            async fn set_enabled(
+                &self,
+                name: &str,
+                version: &str,
+                enabled: bool,
+            ) -> Result<(), $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.apply($crate::provider::soft::Change::SetEnabled {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                    enabled,
+                })
+            }
+
+            async fn delete_key(&self, name: &str) -> Result<(), $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.apply($crate::provider::soft::Change::Delete {
+                    name: name.to_owned(),
+                    now: self.now(),
+                })
+            }
+
+            async fn recover_key(&self, name: &str) -> Result<(), $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.apply($crate::provider::soft::Change::Recover {
+                    name: name.to_owned(),
+                })
+            }
+
+            async fn purge_key(&self, name: &str) -> Result<(), $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.apply($crate::provider::soft::Change::Purge {
+                    name: name.to_owned(),
+                    now: self.now(),
+                })
+            }
+
+            async fn set_access(
+                &self,
+                identity: &$crate::provider::Identity,
+                permissions: $crate::provider::Permissions,
+            ) -> Result<(), $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.apply($crate::provider::soft::Change::SetAccess {
+                    identity: identity.clone(),
+                    permissions,
+                })
+            }
+
+            async fn remove_identity(
+                &self,
+                identity: &$crate::provider::Identity,
+            ) -> Result<(), $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.apply($crate::provider::soft::Change::RemoveIdentity {
+                    identity: identity.clone(),
+                })
+            }
+
+            async fn provider_for(
+                &self,
+                identity: &$crate::provider::Identity,
+            ) -> Result<std::sync::Arc<dyn $crate::provider::KeyProvider>, $crate::ProviderError>
+            {
+                Ok(std::sync::Arc::new(self.provider(identity)))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::provider::KeyProvider for $provider {
+            async fn vault_properties(
+                &self,
+            ) -> Result<$crate::provider::VaultProperties, $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.vault.with_state(|s| Ok(s.props.clone()))
+            }
+
+            async fn key_properties(
+                &self,
+                name: &str,
+                version: Option<&str>,
+            ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.vault
+                    .with_state(|s| s.key_properties(&self.identity, name, version))
+            }
+
+            async fn wrap_key(
+                &self,
+                name: &str,
+                version: Option<&str>,
+                algorithm: $crate::provider::WrapAlgorithm,
+                key: &[u8],
+            ) -> Result<$crate::provider::WrappedKey, $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                self.vault
+                    .with_state(|s| s.wrap(&self.identity, name, version, algorithm, key))
+            }
+
+            async fn unwrap_key(
+                &self,
+                wrapped: &$crate::provider::WrappedKey,
+            ) -> Result<$crate::SecretBytes, $crate::ProviderError> {
+                use $crate::provider::soft::SoftVault as _;
+                let material = self
+                    .vault
+                    .with_state(|s| s.unwrap_material(&self.identity, wrapped))?;
+                // The private-key operation runs without holding any lock.
+                material.unwrap(wrapped.algorithm, &wrapped.ciphertext)
+            }
+        }
+    };
+}
+pub(crate) use soft_vault_impls;

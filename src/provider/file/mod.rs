@@ -31,23 +31,20 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
-use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 use self::format::{
     FileId, FileMap, KEYS_DIR, Kdf, META_FILE, Malformed, Meta, STATE_FILE, TMP_PREFIX,
 };
 use super::memory::VaultRng;
-use super::soft::{Change, Material, VaultState};
-use super::{
-    AdminCapabilities, Identity, KeyProperties, KeyProvider, KeySpec, Permissions, VaultAdmin,
-    VaultProperties, WrapAlgorithm, WrappedKey,
-};
+use super::soft::{Change, Material, SoftVault, VaultState, soft_vault_impls};
+use super::{Identity, KeyProperties, KeySpec, VaultProperties};
 use crate::clock::{Clock, SystemClock};
-use crate::crypto::{Gcm, RsaPrivate, hkdf_sha256};
+use crate::crypto::{Gcm, hkdf_sha256};
 use crate::error::{ProviderError, ProviderErrorKind as K};
-use crate::secret::{AesKey, SecretBytes, SecretString};
+use crate::secret::{AesKey, SecretString};
 
 /// Argon2id cost parameters for deriving a file vault's master key from a passphrase.
 ///
@@ -194,8 +191,8 @@ struct Inner {
 /// sealed at rest under a master key from a passphrase (Argon2id) or a key file.
 ///
 /// Clones share one handle; any number of handles, in any number of processes, may open the
-/// same directory. The handle is the vault *owner* ([`VaultAdmin`]); [`FileVault::provider`]
-/// gives a [`KeyProvider`] acting as one identity. The on-disk format is documented in
+/// same directory. The handle is the vault *owner* ([`VaultAdmin`](crate::VaultAdmin)); [`FileVault::provider`]
+/// gives a [`KeyProvider`](crate::KeyProvider) acting as one identity. The on-disk format is documented in
 /// `docs/FILE_VAULT.md`.
 ///
 /// ```
@@ -750,25 +747,18 @@ impl FileVault {
         }
         Ok(out)
     }
+}
 
-    fn apply(&self, change: Change) -> Result<(), ProviderError> {
-        self.commit(change).map(|_| ())
+impl SoftVault for FileVault {
+    fn with_state<T>(
+        &self,
+        f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        f(&self.current()?.state)
     }
 
-    fn add_version(
-        &self,
-        name: &str,
-        material: Material,
-        create: bool,
-    ) -> Result<KeyProperties, ProviderError> {
-        let now = self.inner.clock.now();
-        self.commit(Change::AddVersion {
-            name: name.to_owned(),
-            material,
-            now,
-            create,
-        })?
-        .ok_or_else(|| invalid("no version was added"))
+    fn commit(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
+        FileVault::commit(self, change)
     }
 
     fn generate(&self, spec: KeySpec) -> Result<Material, ProviderError> {
@@ -776,98 +766,15 @@ impl FileVault {
         let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
         Material::generate(spec, &mut rng)
     }
-}
 
-#[async_trait]
-impl VaultAdmin for FileVault {
-    fn capabilities(&self) -> AdminCapabilities {
-        AdminCapabilities::ALL
-    }
-
-    async fn create_key(&self, name: &str, spec: KeySpec) -> Result<KeyProperties, ProviderError> {
-        // Refuse a taken name before spending time on generation (checked again under the
-        // lock).
-        self.current()?.state.check_free(name)?;
-        let m = self.generate(spec)?;
-        self.add_version(name, m, true)
-    }
-
-    async fn import_rsa_pem(&self, name: &str, pem: &str) -> Result<KeyProperties, ProviderError> {
-        let key = RsaPrivate::from_pem(pem).map_err(|e| invalid(e.to_string()))?;
-        self.add_version(name, Material::Rsa(Arc::new(key)), false)
-    }
-
-    async fn rotate_key(&self, name: &str) -> Result<KeyProperties, ProviderError> {
-        let spec = self.current()?.state.rotation_spec(name)?;
-        let m = self.generate(spec)?;
-        self.add_version(name, m, false)
-    }
-
-    async fn list_versions(&self, name: &str) -> Result<Vec<KeyProperties>, ProviderError> {
-        self.current()?.state.list_versions(name)
-    }
-
-    async fn set_enabled(
-        &self,
-        name: &str,
-        version: &str,
-        enabled: bool,
-    ) -> Result<(), ProviderError> {
-        self.apply(Change::SetEnabled {
-            name: name.to_owned(),
-            version: version.to_owned(),
-            enabled,
-        })
-    }
-
-    async fn delete_key(&self, name: &str) -> Result<(), ProviderError> {
-        let now = self.inner.clock.now();
-        self.apply(Change::Delete {
-            name: name.to_owned(),
-            now,
-        })
-    }
-
-    async fn recover_key(&self, name: &str) -> Result<(), ProviderError> {
-        self.apply(Change::Recover {
-            name: name.to_owned(),
-        })
-    }
-
-    async fn purge_key(&self, name: &str) -> Result<(), ProviderError> {
-        let now = self.inner.clock.now();
-        self.apply(Change::Purge {
-            name: name.to_owned(),
-            now,
-        })
-    }
-
-    async fn set_access(
-        &self,
-        identity: &Identity,
-        permissions: Permissions,
-    ) -> Result<(), ProviderError> {
-        self.apply(Change::SetAccess {
-            identity: identity.clone(),
-            permissions,
-        })
-    }
-
-    async fn remove_identity(&self, identity: &Identity) -> Result<(), ProviderError> {
-        self.apply(Change::RemoveIdentity {
-            identity: identity.clone(),
-        })
-    }
-
-    async fn provider_for(
-        &self,
-        identity: &Identity,
-    ) -> Result<Arc<dyn KeyProvider>, ProviderError> {
-        Ok(Arc::new(self.provider(identity)))
+    fn now(&self) -> SystemTime {
+        self.inner.clock.now()
     }
 }
 
-/// A [`KeyProvider`] acting as one identity on a [`FileVault`]. It sees changes made by other
+soft_vault_impls!(FileVault, FileProvider);
+
+/// A [`KeyProvider`](crate::KeyProvider) acting as one identity on a [`FileVault`]. It sees changes made by other
 /// handles and processes on its next call.
 #[derive(Clone, Debug)]
 pub struct FileProvider {
@@ -879,46 +786,5 @@ impl FileProvider {
     /// The identity this provider acts as.
     pub fn identity(&self) -> &Identity {
         &self.identity
-    }
-}
-
-#[async_trait]
-impl KeyProvider for FileProvider {
-    async fn vault_properties(&self) -> Result<VaultProperties, ProviderError> {
-        Ok(self.vault.current()?.state.props.clone())
-    }
-
-    async fn key_properties(
-        &self,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<KeyProperties, ProviderError> {
-        self.vault
-            .current()?
-            .state
-            .key_properties(&self.identity, name, version)
-    }
-
-    async fn wrap_key(
-        &self,
-        name: &str,
-        version: Option<&str>,
-        algorithm: WrapAlgorithm,
-        key: &[u8],
-    ) -> Result<WrappedKey, ProviderError> {
-        self.vault
-            .current()?
-            .state
-            .wrap(&self.identity, name, version, algorithm, key)
-    }
-
-    async fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<SecretBytes, ProviderError> {
-        let material = self
-            .vault
-            .current()?
-            .state
-            .unwrap_material(&self.identity, wrapped)?;
-        // The private-key operation runs without holding any lock.
-        material.unwrap(wrapped.algorithm, &wrapped.ciphertext)
     }
 }
