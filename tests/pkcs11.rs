@@ -785,3 +785,282 @@ async fn debug_never_shows_the_pin() {
     assert!(dbg.contains("SecretString"), "{dbg}");
     assert!(dbg.contains(&f.label), "{dbg}");
 }
+
+/// The account-level check deferred by the PKCS#11 issue: an account whose customer key is an
+/// RSA key pair on the token, reached through a `VaultDirectory` that has the provider as the
+/// vault for the host the provider reports. The token has no soft-delete or purge protection,
+/// so a preset that requires them refuses it, and the account runs under a custom policy;
+/// SoftHSM2 only does SHA-1 OAEP, so the manager wraps customer keys with `RSA-OAEP`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
+    use std::time::Duration;
+
+    use byok::{
+        AccountId, AccountManager, DoubleEncryption, Error, Identity, InMemoryVault, KeyId,
+        KeySource, ManualClock, NewAccount, Operation, Permissions, PlatformKey, Policy,
+        PolicyViolation, StateKind, VaultDirectory, VaultProperties,
+    };
+
+    let started = Instant::now();
+    let hsm = provider().await;
+    let props = hsm.vault_properties().await.expect("vault properties");
+    // The host is derived from the token label; key ids on the token are built from it.
+    assert!(props.host.ends_with(".pkcs11.local"), "{props:?}");
+    let name = unique("account");
+    hsm.create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
+    let key = KeyId::new(&props.host, &name, None).expect("key id");
+    let identity = Identity::new("hsm-user");
+
+    // The service's platform and infrastructure keys live in memory; the customer key does not.
+    let clock = Arc::new(ManualClock::default());
+    let service = Identity::new("service");
+    let mut platform_keys = Vec::new();
+    for (host, kek, seed) in [
+        ("platform.internal", "platform-kek", 1u8),
+        ("infra.internal", "infra-kek", 2),
+    ] {
+        let v = InMemoryVault::with_clock_and_seed(
+            VaultProperties::new(host, "local", "operator"),
+            clock.clone(),
+            [seed; 32],
+        );
+        v.create_key(kek, KeySpec::Aes256).await.expect("kek");
+        v.set_access(&service, Permissions::CMK)
+            .await
+            .expect("grant");
+        platform_keys.push(PlatformKey::new(
+            Arc::new(v.provider(&service)),
+            kek,
+            WrapAlgorithm::A256Kw,
+        ));
+    }
+    let infra = platform_keys.pop().expect("infra");
+    let platform = platform_keys.pop().expect("platform");
+    let directory = Arc::new(VaultDirectory::new());
+    directory.add_vault(&props.host, Arc::new(hsm.clone()));
+    let manager = |algorithm| {
+        AccountManager::builder(platform.clone(), directory.clone())
+            .infrastructure_key(infra.clone())
+            .clock(clock.clone())
+            .customer_algorithm(algorithm)
+            .build()
+    };
+    let accounts = manager(WrapAlgorithm::RsaOaep);
+    let new_account = |id: &str, policy: Policy| {
+        NewAccount::new(
+            AccountId::new(id).expect("id"),
+            &props.region,
+            &props.tenant,
+            policy,
+        )
+        .key_source(KeySource::customer(key.clone(), identity.clone()))
+    };
+
+    // A preset requiring soft-delete refuses the token; nothing is stored.
+    let e = accounts
+        .create_account(new_account("hsm-refused", Policy::video_analyzer()))
+        .await
+        .expect_err("no soft-delete on the token");
+    assert!(
+        matches!(
+            &e,
+            Error::Policy {
+                violation: PolicyViolation::SoftDeleteRequired,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let refused = AccountId::new("hsm-refused").expect("id");
+    assert!(matches!(
+        accounts.account(&refused).await,
+        Err(Error::AccountNotFound(_))
+    ));
+
+    let policy = Policy::builder("hsm")
+        .require_vault_protection(false, false)
+        .double_encryption(DoubleEncryption::Always)
+        .cache_max_age(Duration::from_secs(60))
+        .build();
+    // The default RSA-OAEP-256 is refused by the provider's SHA-1 setting, naming the mechanism.
+    let e = manager(WrapAlgorithm::RsaOaep256)
+        .create_account(new_account("hsm-sha256", policy.clone()))
+        .await
+        .expect_err("no SHA-256 OAEP on SoftHSM2");
+    match &e {
+        Error::Provider(p) => {
+            assert_eq!(p.kind(), K::InvalidRequest, "{e}");
+            assert!(p.message().contains("CKM_RSA_PKCS_OAEP"), "{e}");
+        }
+        other => panic!("{other}"),
+    }
+
+    // Two accounts on the same token key: one observes the destruction through a probe, the
+    // other through a data operation once its cached key has expired.
+    let mut ids = Vec::new();
+    for id in ["hsm-probed", "hsm-used"] {
+        let rec = accounts
+            .create_account(new_account(id, policy.clone()))
+            .await
+            .expect("create on the token key");
+        let w = &rec.account_key.as_ref().expect("account key").wrapped;
+        assert_eq!(
+            (w.key_name.as_str(), w.key_version.as_str(), w.algorithm),
+            (name.as_str(), "1", WrapAlgorithm::RsaOaep)
+        );
+        assert!(rec.double_encryption && rec.state.kind() == StateKind::Active);
+        ids.push(rec.id);
+    }
+    let (probed, used) = (&ids[0], &ids[1]);
+    let blob = byok::DataClass::new("blob");
+    let mut stored = Vec::new();
+    for id in &ids {
+        let obj = accounts
+            .encrypt(id, &blob, b"o1", b"payload")
+            .await
+            .expect("encrypt");
+        let field = accounts
+            .seal_field(id, b"access-policy", b"{\"allow\":\"all\"}")
+            .await
+            .expect("seal");
+        assert_eq!(
+            accounts.decrypt(id, b"o1", &obj).await.expect("decrypt"),
+            b"payload"
+        );
+        assert_eq!(
+            accounts
+                .open_field(id, b"access-policy", &field)
+                .await
+                .expect("open"),
+            b"{\"allow\":\"all\"}"
+        );
+        stored.push((obj, field));
+    }
+    let assert_locked = |r: Result<Vec<u8>, Error>, what: &str| {
+        let e = r.expect_err(what);
+        assert!(matches!(e, Error::KeyInaccessible { .. }), "{what}: {e}");
+        assert_eq!(e.http_status(), 403, "{what}");
+    };
+
+    // Usage attributes cleared on the token by another tool: the probe sees a disabled key.
+    let s = raw_session();
+    let private = objects(&s, ObjectClass::PRIVATE_KEY, &name, "1")[0];
+    s.update_attributes(
+        private,
+        &[Attribute::Decrypt(false), Attribute::Unwrap(false)],
+    )
+    .expect("clear CKA_DECRYPT");
+    let e = accounts.check(probed).await.expect_err("disabled");
+    assert!(matches!(e, Error::KeyInaccessible { .. }), "{e}");
+    assert!(e.to_string().contains("key disabled"), "{e}");
+    let rec = accounts
+        .account(probed)
+        .await
+        .expect("GET while inaccessible");
+    assert_eq!(rec.state.kind(), StateKind::KeyInaccessible);
+    // The cached account key was dropped: data operations are refused although it was fresh.
+    let (obj, field) = &stored[0];
+    assert_locked(accounts.decrypt(probed, b"o1", obj).await, "decrypt");
+    assert_locked(
+        accounts.encrypt(probed, &blob, b"o2", b"x").await,
+        "encrypt",
+    );
+    assert_locked(
+        accounts.open_field(probed, b"access-policy", field).await,
+        "open_field",
+    );
+    assert_locked(accounts.seal_field(probed, b"f", b"x").await, "seal_field");
+    assert!(
+        accounts
+            .authorize(probed, Operation::AccountDelete)
+            .await
+            .is_ok()
+    );
+    // Re-enabled on the token: still locked until a probe sees it, then Active again.
+    s.update_attributes(
+        private,
+        &[Attribute::Decrypt(true), Attribute::Unwrap(true)],
+    )
+    .expect("set CKA_DECRYPT");
+    assert_locked(
+        accounts.decrypt(probed, b"o1", obj).await,
+        "before the probe",
+    );
+    assert_eq!(
+        accounts.check(probed).await.expect("check"),
+        StateKind::Active
+    );
+    assert_eq!(
+        accounts
+            .decrypt(probed, b"o1", obj)
+            .await
+            .expect("opens again"),
+        b"payload"
+    );
+    assert_eq!(
+        accounts
+            .open_field(probed, b"access-policy", field)
+            .await
+            .expect("opens again"),
+        b"{\"allow\":\"all\"}"
+    );
+    let fresh = accounts
+        .encrypt(probed, &blob, b"o3", b"after")
+        .await
+        .expect("encrypt again");
+    // The other account never saw the key disabled: it stayed Active.
+    assert_eq!(
+        accounts.account(used).await.expect("get").state.kind(),
+        StateKind::Active
+    );
+
+    // The key destroyed on the token. Both accounts hold a fresh cached account key.
+    for h in s
+        .find_objects(&[Attribute::Label(name.as_bytes().to_vec())])
+        .expect("find")
+    {
+        s.destroy_object(h).expect("destroy");
+    }
+    // A probe observes it at once and drops the cached key.
+    let e = accounts.check(probed).await.expect_err("destroyed");
+    assert!(matches!(e, Error::KeyInaccessible { .. }), "{e}");
+    assert!(e.to_string().contains("key not found"), "{e}");
+    assert_locked(
+        accounts.decrypt(probed, b"o3", &fresh).await,
+        "cached, probed",
+    );
+    assert_locked(
+        accounts.encrypt(probed, &blob, b"o4", b"x").await,
+        "encrypt",
+    );
+    // Without a probe, the cached key serves until its maximum age; the first unwrap after
+    // that sees the key gone and locks the account.
+    let (obj, field) = &stored[1];
+    assert_eq!(
+        accounts.decrypt(used, b"o1", obj).await.expect("cached"),
+        b"payload"
+    );
+    clock.advance(Duration::from_secs(61));
+    assert_locked(
+        accounts.decrypt(used, b"o1", obj).await,
+        "after cache expiry",
+    );
+    assert_locked(
+        accounts.open_field(used, b"access-policy", field).await,
+        "open_field",
+    );
+    for id in &ids {
+        assert_eq!(
+            accounts.account(id).await.expect("get").state.kind(),
+            StateKind::KeyInaccessible
+        );
+        assert!(matches!(
+            accounts.check(id).await,
+            Err(Error::KeyInaccessible { .. })
+        ));
+        accounts.delete_account(id).await.expect("delete");
+    }
+    eprintln!("account on a token key: {:?}", started.elapsed());
+}
