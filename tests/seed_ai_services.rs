@@ -3,17 +3,10 @@
 mod common;
 
 use byok::{
-    AccountId, Error, Identity, KeyId, KeySource, KeySpec, NewAccount, Permissions, Policy,
-    PolicyViolation, VaultAdmin,
+    AccountId, Error, Identity, KeySource, NewAccount, Permissions, Policy, PolicyViolation,
+    VaultAdmin,
 };
-use common::{HOST, REGION, TENANT, World, class};
-
-fn violation(e: Error) -> PolicyViolation {
-    match e {
-        Error::Policy { violation, .. } => violation,
-        other => panic!("expected a policy violation, got {other}"),
-    }
-}
+use common::{HOST, REGION, TENANT, World, class, violation};
 
 #[tokio::test]
 async fn ai_services_rules() {
@@ -78,13 +71,9 @@ async fn ai_services_rules() {
         .expect("encrypt");
 
     // "The key vault instance must enable soft delete and purge protection."
-    let loose = w
-        .other_vault("loose.vault.example", REGION, TENANT, false)
+    let loose_key = w
+        .key_in_other_vault("loose.vault.example", REGION, TENANT, false)
         .await;
-    loose
-        .create_key("k", KeySpec::Rsa(2048))
-        .await
-        .expect("key");
     let e = w
         .manager
         .create_account(
@@ -94,10 +83,7 @@ async fn ai_services_rules() {
                 TENANT,
                 policy.clone(),
             )
-            .key_source(KeySource::customer(
-                KeyId::new("loose.vault.example", "k", None).expect("id"),
-                w.identity.clone(),
-            )),
+            .key_source(KeySource::customer(loose_key.clone(), w.identity.clone())),
         )
         .await
         .expect_err("no protection");
@@ -105,20 +91,12 @@ async fn ai_services_rules() {
 
     // "The customer-managed key for encryption can only be updated to keys in the same Azure
     // Key Vault instance."
-    let elsewhere = w
-        .other_vault("other.vault.example", REGION, TENANT, true)
+    let elsewhere_key = w
+        .key_in_other_vault("other.vault.example", REGION, TENANT, true)
         .await;
-    elsewhere
-        .create_key("k", KeySpec::Rsa(2048))
-        .await
-        .expect("key");
     let e = w
         .manager
-        .set_customer_key(
-            &id,
-            KeyId::new("other.vault.example", "k", None).expect("id"),
-            w.identity.clone(),
-        )
+        .set_customer_key(&id, elsewhere_key.clone(), w.identity.clone())
         .await
         .expect_err("other vault");
     assert!(matches!(

@@ -3,17 +3,10 @@
 mod common;
 
 use byok::{
-    AccountId, AuditAction, AuditOutcome, Error, KeyId, KeySource, KeySpec, Operation, Policy,
+    AccountId, AuditAction, AuditOutcome, Error, KeyId, KeySource, Operation, Policy,
     PolicyViolation, StateKind, VaultAdmin, inspect,
 };
-use common::{HOST, REGION, TENANT, World, class};
-
-fn violation(e: Error) -> PolicyViolation {
-    match e {
-        Error::Policy { violation, .. } => violation,
-        other => panic!("expected a policy violation, got {other}"),
-    }
-}
+use common::{HOST, REGION, TENANT, World, class, violation};
 
 #[tokio::test]
 async fn content_safety_rules() {
@@ -46,17 +39,12 @@ async fn content_safety_rules() {
     ));
     // "The Azure AI services resource and the key vault must be in the same region and in the
     // same Azure Active Directory (Azure AD) tenant."
-    let far = w
-        .other_vault("far.vault.example", "brazilsouth", TENANT, true)
+    let far_key = w
+        .key_in_other_vault("far.vault.example", "brazilsouth", TENANT, true)
         .await;
-    far.create_key("k", KeySpec::Rsa(2048)).await.expect("key");
     let e = w
         .manager
-        .set_customer_key(
-            &id,
-            KeyId::new("far.vault.example", "k", None).expect("id"),
-            w.identity.clone(),
-        )
+        .set_customer_key(&id, far_key.clone(), w.identity.clone())
         .await
         .expect_err("region");
     assert!(matches!(
@@ -64,20 +52,12 @@ async fn content_safety_rules() {
         PolicyViolation::RegionMismatch { .. }
     ));
     // "you must also enable both the Soft Delete and Do Not Purge properties on the key vault."
-    let loose = w
-        .other_vault("loose.vault.example", REGION, TENANT, false)
+    let loose_key = w
+        .key_in_other_vault("loose.vault.example", REGION, TENANT, false)
         .await;
-    loose
-        .create_key("k", KeySpec::Rsa(2048))
-        .await
-        .expect("key");
     let e = w
         .manager
-        .set_customer_key(
-            &id,
-            KeyId::new("loose.vault.example", "k", None).expect("id"),
-            w.identity.clone(),
-        )
+        .set_customer_key(&id, loose_key.clone(), w.identity.clone())
         .await
         .expect_err("protection");
     assert_eq!(violation(e), PolicyViolation::SoftDeleteRequired);

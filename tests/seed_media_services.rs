@@ -63,17 +63,12 @@ async fn media_services_rules() {
 
     // "Media Services requires that the Key Vault is in the same region as the account, and
     // that it has soft-delete and purge protection enabled."
-    let far = w
-        .other_vault("far.vault.example", "eastus", TENANT, true)
+    let far_key = w
+        .key_in_other_vault("far.vault.example", "eastus", TENANT, true)
         .await;
-    far.create_key("k", KeySpec::Rsa(2048)).await.expect("key");
     let e = w
         .manager
-        .set_customer_key(
-            &id,
-            KeyId::new("far.vault.example", "k", None).expect("id"),
-            w.identity.clone(),
-        )
+        .set_customer_key(&id, far_key.clone(), w.identity.clone())
         .await
         .expect_err("region");
     assert!(

@@ -5,17 +5,10 @@ mod common;
 use std::time::Duration;
 
 use byok::{
-    AccountId, AuditAction, Error, KeyId, KeySource, NewAccount, Operation, Permissions, Policy,
+    AccountId, AuditAction, Error, KeySource, NewAccount, Operation, Permissions, Policy,
     PolicyViolation, StateKind, VaultAdmin, inspect,
 };
-use common::{HOST, REGION, TENANT, World, class};
-
-fn violation(e: Error) -> PolicyViolation {
-    match e {
-        Error::Policy { violation, .. } => violation,
-        other => panic!("expected a policy violation, got {other}"),
-    }
-}
+use common::{HOST, REGION, TENANT, World, class, violation};
 
 #[tokio::test]
 async fn storage_rules() {
@@ -61,20 +54,12 @@ async fn storage_rules() {
 
     // "The storage account and the key vault must be in the same region and in the same Azure
     // AD tenant."
-    let foreign = w
-        .other_vault("foreign.vault.example", REGION, "fabrikam", true)
+    let foreign_key = w
+        .key_in_other_vault("foreign.vault.example", REGION, "fabrikam", true)
         .await;
-    foreign
-        .create_key("k", byok::KeySpec::Rsa(2048))
-        .await
-        .expect("key");
     let e = w
         .manager
-        .set_customer_key(
-            &id,
-            KeyId::new("foreign.vault.example", "k", None).expect("id"),
-            w.identity.clone(),
-        )
+        .set_customer_key(&id, foreign_key.clone(), w.identity.clone())
         .await
         .expect_err("tenant");
     assert!(matches!(
@@ -82,20 +67,12 @@ async fn storage_rules() {
         PolicyViolation::TenantMismatch { .. }
     ));
     // "You must enable both the Soft Delete and Do Not Purge properties on the key vault."
-    let loose = w
-        .other_vault("loose.vault.example", REGION, TENANT, false)
+    let loose_key = w
+        .key_in_other_vault("loose.vault.example", REGION, TENANT, false)
         .await;
-    loose
-        .create_key("k", byok::KeySpec::Rsa(2048))
-        .await
-        .expect("key");
     let e = w
         .manager
-        .set_customer_key(
-            &id,
-            KeyId::new("loose.vault.example", "k", None).expect("id"),
-            w.identity.clone(),
-        )
+        .set_customer_key(&id, loose_key.clone(), w.identity.clone())
         .await
         .expect_err("protection");
     assert_eq!(violation(e), PolicyViolation::SoftDeleteRequired);

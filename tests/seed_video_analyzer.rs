@@ -6,14 +6,7 @@ use byok::{
     AccountId, Error, KeyId, KeySource, KeySpec, NewAccount, Operation, Permissions, Policy,
     PolicyViolation, StateKind, VaultAdmin, inspect,
 };
-use common::{HOST, REGION, TENANT, World, class};
-
-fn policy_err(e: Error) -> PolicyViolation {
-    match e {
-        Error::Policy { violation, .. } => violation,
-        other => panic!("expected a policy violation, got {other}"),
-    }
-}
+use common::{HOST, REGION, TENANT, World, class, violation};
 
 #[tokio::test]
 async fn video_analyzer_rules() {
@@ -57,7 +50,7 @@ async fn video_analyzer_rules() {
         .expect("1024");
     let ec = KeyId::new(HOST, "ec", None).expect("id");
     assert!(matches!(
-        policy_err(
+        violation(
             w.manager
                 .set_customer_key(&id, ec, w.identity.clone())
                 .await
@@ -67,7 +60,7 @@ async fn video_analyzer_rules() {
     ));
     let small = KeyId::new(HOST, "rsa1024", None).expect("id");
     assert!(matches!(
-        policy_err(
+        violation(
             w.manager
                 .set_customer_key(&id, small, w.identity.clone())
                 .await
@@ -89,13 +82,11 @@ async fn video_analyzer_rules() {
 
     // "Video Analyzer requires that the Key Vault is in the same region as the account, and
     // that it has soft-delete and purge protection enabled."
-    let far = w
-        .other_vault("far.vault.example", "japaneast", TENANT, true)
+    let far_key = w
+        .key_in_other_vault("far.vault.example", "japaneast", TENANT, true)
         .await;
-    far.create_key("k", KeySpec::Rsa(2048)).await.expect("key");
-    let far_key = KeyId::new("far.vault.example", "k", None).expect("id");
     assert!(matches!(
-        policy_err(
+        violation(
             w.manager
                 .set_customer_key(&id, far_key, w.identity.clone())
                 .await
@@ -103,16 +94,11 @@ async fn video_analyzer_rules() {
         ),
         PolicyViolation::RegionMismatch { .. }
     ));
-    let loose = w
-        .other_vault("loose.vault.example", REGION, TENANT, false)
+    let loose_key = w
+        .key_in_other_vault("loose.vault.example", REGION, TENANT, false)
         .await;
-    loose
-        .create_key("k", KeySpec::Rsa(2048))
-        .await
-        .expect("key");
-    let loose_key = KeyId::new("loose.vault.example", "k", None).expect("id");
     assert!(matches!(
-        policy_err(
+        violation(
             w.manager
                 .set_customer_key(&id, loose_key, w.identity.clone())
                 .await
@@ -142,7 +128,7 @@ async fn video_analyzer_rules() {
         .await
         .expect("grant");
     assert_eq!(
-        policy_err(
+        violation(
             w.manager
                 .set_customer_key(&id, cmk.clone(), stranger)
                 .await

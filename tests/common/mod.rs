@@ -143,6 +143,30 @@ impl World {
     }
 }
 
+impl World {
+    /// A vault at `host` (reachable, the service identity granted) holding an RSA 2048 key
+    /// `k`; returns the key's versionless id.
+    pub async fn key_in_other_vault(
+        &self,
+        host: &str,
+        region: &str,
+        tenant: &str,
+        protected: bool,
+    ) -> KeyId {
+        let v = self.other_vault(host, region, tenant, protected).await;
+        v.create_key("k", KeySpec::Rsa(2048)).await.expect("key");
+        KeyId::new(host, "k", None).expect("key id")
+    }
+}
+
+/// The rule a policy error names.
+pub fn violation(e: byok::Error) -> byok::PolicyViolation {
+    match e {
+        byok::Error::Policy { violation, .. } => violation,
+        other => panic!("expected a policy violation, got {other}"),
+    }
+}
+
 pub fn class(name: &str) -> byok::DataClass {
     byok::DataClass::new(name)
 }
