@@ -1,6 +1,7 @@
 //! The Transit provider against a real OpenBao dev server (started by the tests themselves,
 //! see `transit_support`): the conformance suite, revocation paths, transient failures with
-//! bounded retries, local wraps unwrapped by the server, and TLS with the dev CA.
+//! bounded retries, local wraps unwrapped by the server, TLS with the dev CA, and accounts
+//! whose customer key lives in Transit (end to end, rotation, outage, revocation, restore).
 
 mod transit_support;
 
@@ -12,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use byok::conformance::{self, Outcome};
 use byok::{
-    Identity, KeyProvider, KeySpec, OaepHash, Permissions, ProviderErrorKind as K, RetryPolicy,
-    SecretString, TransitAdmin, TransitConfig, TransitProvider, VaultAdmin, WrapAlgorithm,
-    WrappedKey,
+    AccountId, AccountManager, AuditAction, DataClass, Error, Identity, InMemoryVault, KeyId,
+    KeyProvider, KeySource, KeySpec, ManualClock, MemoryAuditSink, NewAccount, OaepHash,
+    Permissions, PlatformKey, Policy, PolicyViolation, ProviderErrorKind as K, RetryPolicy,
+    SecretString, StateKind, TransitAdmin, TransitConfig, TransitProvider, VaultAdmin,
+    VaultDirectory, VaultProperties, WrapAlgorithm, WrappedKey,
 };
 use transit_support::{Server, shared};
 
@@ -596,4 +599,455 @@ async fn tls_with_the_dev_ca_connects_and_without_it_fails_clearly() {
     assert!(m.contains("certificate") && m.contains("ca_pem"), "{e}");
     println!("without the CA: {e}");
     server.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts whose customer key lives in Transit (the account-level checks of issue 7).
+// ---------------------------------------------------------------------------------------------
+
+/// An account manager whose customer keys are reached through a [`VaultDirectory`] holding the
+/// server's [`TransitAdmin`] under its `vault_host()`. The platform key stays in memory, so an
+/// outage of the server touches only the customer key. The manager runs on a manual clock.
+struct TransitAccounts {
+    admin: Arc<TransitAdmin>,
+    host: String,
+    clock: Arc<ManualClock>,
+    audit: Arc<MemoryAuditSink>,
+    manager: AccountManager,
+}
+
+/// What one account on a Transit key is made of.
+struct TransitAccount {
+    id: AccountId,
+    key: String,
+    identity: Identity,
+}
+
+/// Fits Transit: soft-delete (OpenBao) yes, purge protection no (Transit has none).
+fn transit_policy(cache_max_age: Duration) -> Policy {
+    Policy::builder("transit")
+        .require_vault_protection(true, false)
+        .cache_max_age(cache_max_age)
+        .build()
+}
+
+impl TransitAccounts {
+    async fn on(s: &Server, retry: RetryPolicy) -> TransitAccounts {
+        let admin = Arc::new(TransitAdmin::new(root_config(s).retry(retry)).expect("admin"));
+        let host = admin.owner_provider().vault_host().to_owned();
+        assert!(host.starts_with("127.0.0.1:"), "{host}");
+        let directory = Arc::new(VaultDirectory::new());
+        directory.add_vault(&host, admin.clone());
+        let clock = Arc::new(ManualClock::default());
+        let service = Identity::new("service");
+        let platform = InMemoryVault::with_clock_and_seed(
+            VaultProperties::new("platform.internal", "local", "operator"),
+            clock.clone(),
+            [1; 32],
+        );
+        platform
+            .create_key("platform-kek", KeySpec::Aes256)
+            .await
+            .expect("platform key");
+        platform
+            .set_access(&service, Permissions::CMK)
+            .await
+            .expect("grant");
+        let audit = Arc::new(MemoryAuditSink::new());
+        let manager = AccountManager::builder(
+            PlatformKey::new(
+                Arc::new(platform.provider(&service)),
+                "platform-kek",
+                WrapAlgorithm::A256Kw,
+            ),
+            directory,
+        )
+        .audit(audit.clone())
+        .clock(clock.clone())
+        .build();
+        TransitAccounts {
+            admin,
+            host,
+            clock,
+            audit,
+            manager,
+        }
+    }
+
+    /// A new RSA-2048 Transit key, an identity granted get/wrapKey/unwrapKey on it (a token with
+    /// its own policy), and an account created on that key (versionless: follows the latest).
+    async fn account(&self, label: &str, policy: Policy) -> TransitAccount {
+        let key = unique(label);
+        self.admin
+            .create_key(&key, KeySpec::Rsa(2048))
+            .await
+            .expect("create key");
+        let identity = Identity::new(unique(&format!("{label}-app")));
+        self.admin
+            .set_access(&identity, Permissions::CMK)
+            .await
+            .expect("access");
+        let id = AccountId::new(label).expect("id");
+        let rec = self
+            .manager
+            .create_account(self.new_account(&id, &key, &identity, policy))
+            .await
+            .expect("create account");
+        assert_eq!(rec.state.kind(), StateKind::Active);
+        TransitAccount { id, key, identity }
+    }
+
+    fn new_account(
+        &self,
+        id: &AccountId,
+        key: &str,
+        identity: &Identity,
+        policy: Policy,
+    ) -> NewAccount {
+        let kid = KeyId::new(&self.host, key, None).expect("key id");
+        NewAccount::new(id.clone(), "", "", policy)
+            .key_source(KeySource::customer(kid, identity.clone()))
+    }
+
+    async fn state(&self, id: &AccountId) -> StateKind {
+        self.manager
+            .account(id)
+            .await
+            .expect("account GET")
+            .state
+            .kind()
+    }
+
+    /// The account's state changes, as audited.
+    fn state_changes(&self, id: &AccountId) -> Vec<String> {
+        self.audit
+            .events()
+            .into_iter()
+            .filter(|e| e.account == id.as_str())
+            .filter_map(|e| match e.action {
+                AuditAction::StateChange { from, to } => Some(format!("{from}->{to}")),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn blob() -> DataClass {
+    DataClass::new("blob")
+}
+
+#[track_caller]
+fn assert_inaccessible<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) {
+    match r {
+        Err(e @ Error::KeyInaccessible { .. }) => assert_eq!(e.http_status(), 403, "{what}: {e}"),
+        other => panic!("{what}: expected KeyInaccessible, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_unavailable<T: std::fmt::Debug>(r: Result<T, Error>, what: &str) {
+    match r {
+        Err(e @ Error::Unavailable { .. }) => assert_eq!(e.http_status(), 503, "{what}: {e}"),
+        other => panic!("{what}: expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_on_a_transit_key_works_end_to_end_and_follows_rotation() {
+    let w = TransitAccounts::on(shared(), RetryPolicy::default()).await;
+
+    // A policy that requires purge protection refuses Transit (which has none); nothing stored.
+    let key = unique("strict");
+    w.admin
+        .create_key(&key, KeySpec::Rsa(2048))
+        .await
+        .expect("create key");
+    let who = Identity::new(unique("strict-app"));
+    w.admin
+        .set_access(&who, Permissions::CMK)
+        .await
+        .expect("access");
+    let strict = AccountId::new("strict").expect("id");
+    let e = w
+        .manager
+        .create_account(w.new_account(&strict, &key, &who, Policy::builder("strict").build()))
+        .await
+        .expect_err("Transit has no purge protection");
+    assert!(
+        matches!(
+            e,
+            Error::Policy {
+                violation: PolicyViolation::PurgeProtectionRequired,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(matches!(
+        w.manager.account(&strict).await,
+        Err(Error::AccountNotFound(_))
+    ));
+
+    // Under a policy that fits Transit: created, wrapped under version 1 of the key.
+    let a = w
+        .account("e2e", transit_policy(Duration::from_secs(300)))
+        .await;
+    let rec = w.manager.account(&a.id).await.expect("get");
+    let v1 = KeyId::new(&w.host, &a.key, Some("1")).expect("v1");
+    assert_eq!(rec.current_customer_key(), Some(v1.clone()));
+    let wrapped = rec.account_key.as_ref().expect("account key");
+    assert_eq!(wrapped.vault, w.host);
+    assert_eq!(wrapped.wrapped.algorithm, WrapAlgorithm::RsaOaep256);
+    assert_eq!(wrapped.wrapped.ciphertext.len(), 256, "RSA-2048 block");
+    assert_eq!(
+        w.manager.accounts_using(&v1).await.expect("using"),
+        std::slice::from_ref(&a.id)
+    );
+
+    let objects: Vec<_> = [&b"first"[..], b"second"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, data)| (format!("obj-{i}"), data.to_vec()))
+        .collect();
+    let mut sealed = Vec::new();
+    for (name, data) in &objects {
+        let o = w
+            .manager
+            .encrypt(&a.id, &blob(), name.as_bytes(), data)
+            .await
+            .expect("encrypt");
+        sealed.push(o);
+    }
+    let field = w
+        .manager
+        .seal_field(&a.id, b"input-url", b"https://example.test/in")
+        .await
+        .expect("seal field");
+    for ((name, data), o) in objects.iter().zip(&sealed) {
+        assert_eq!(
+            &w.manager
+                .decrypt(&a.id, name.as_bytes(), o)
+                .await
+                .expect("decrypt"),
+            data
+        );
+    }
+    assert_eq!(
+        w.manager.check(&a.id).await.expect("check"),
+        StateKind::Active
+    );
+
+    // Rotation on the server; `refresh` re-wraps the account key under version 2.
+    let rotated = w.admin.rotate_key(&a.key).await.expect("rotate");
+    assert_eq!(rotated.version, "2");
+    let rec = w.manager.refresh(&a.id).await.expect("refresh");
+    let v2 = KeyId::new(&w.host, &a.key, Some("2")).expect("v2");
+    assert_eq!(rec.current_customer_key(), Some(v2.clone()));
+    assert_eq!(rec.state.kind(), StateKind::Active);
+    assert!(rec.last_rotated.is_some());
+    assert_eq!(
+        w.manager.accounts_using(&v2).await.expect("using"),
+        std::slice::from_ref(&a.id)
+    );
+    assert!(
+        w.manager
+            .accounts_using(&v1)
+            .await
+            .expect("using")
+            .is_empty()
+    );
+    // A second refresh finds nothing newer.
+    let again = w.manager.refresh(&a.id).await.expect("refresh again");
+    assert_eq!(again.current_customer_key(), Some(v2.clone()));
+    assert_eq!(again.last_rotated, rec.last_rotated);
+
+    // Past the cache: old objects open through a server unwrap under version 2.
+    w.clock.advance(Duration::from_secs(301));
+    let events_before = w.audit.events().len();
+    for ((name, data), o) in objects.iter().zip(&sealed) {
+        assert_eq!(
+            &w.manager
+                .decrypt(&a.id, name.as_bytes(), o)
+                .await
+                .expect("decrypt after rotation"),
+            data
+        );
+    }
+    let v2_unwraps: Vec<_> = w.audit.events()[events_before..]
+        .iter()
+        .filter(|e| matches!(e.action, AuditAction::Unwrap))
+        .map(|e| e.key.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(v2_unwraps, [v2.to_string()], "one unwrap, under version 2");
+    assert_eq!(
+        w.manager
+            .open_field(&a.id, b"input-url", &field)
+            .await
+            .expect("open field"),
+        b"https://example.test/in"
+    );
+    let fresh = w
+        .manager
+        .encrypt(&a.id, &blob(), b"obj-new", b"after rotation")
+        .await
+        .expect("encrypt after rotation");
+    assert_eq!(
+        w.manager
+            .decrypt(&a.id, b"obj-new", &fresh)
+            .await
+            .expect("decrypt"),
+        b"after rotation"
+    );
+    // Version 1 no longer guards the account: retiring it changes nothing for the account.
+    w.admin
+        .set_enabled(&a.key, "1", false)
+        .await
+        .expect("disable v1");
+    assert_eq!(
+        w.manager.check(&a.id).await.expect("check"),
+        StateKind::Active
+    );
+    assert!(w.state_changes(&a.id).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_stays_active_through_a_transit_outage() {
+    let server = Server::start("account-outage", false);
+    // Short retries keep the failing calls quick (refused connections fail at once).
+    let w = TransitAccounts::on(
+        &server,
+        RetryPolicy::new(1, Duration::from_millis(10), Duration::from_millis(20)),
+    )
+    .await;
+    let a = w
+        .account("outage", transit_policy(Duration::from_secs(3600)))
+        .await;
+    let obj = w
+        .manager
+        .encrypt(&a.id, &blob(), b"o", b"before the outage")
+        .await
+        .expect("encrypt (caches the account key)");
+
+    server.stop();
+
+    // The cached account key serves; the probe reports the outage without changing the state.
+    assert_eq!(
+        w.manager.decrypt(&a.id, b"o", &obj).await.expect("cached"),
+        b"before the outage"
+    );
+    let during = w
+        .manager
+        .encrypt(&a.id, &blob(), b"o2", b"during the outage")
+        .await
+        .expect("encrypt with the cached key");
+    assert_unavailable(w.manager.check(&a.id).await, "check");
+    assert_unavailable(w.manager.refresh(&a.id).await, "refresh");
+    let monitored = w.manager.monitor().await.expect("monitor");
+    assert!(
+        matches!(monitored[0].result, Err(Error::Unavailable { .. })),
+        "{monitored:?}"
+    );
+    assert_eq!(w.state(&a.id).await, StateKind::Active);
+    assert_eq!(
+        w.manager
+            .decrypt(&a.id, b"o2", &during)
+            .await
+            .expect("cached"),
+        b"during the outage"
+    );
+
+    // Once the cache has expired, data operations fail with 503 and the state is unchanged.
+    w.clock.advance(Duration::from_secs(3601));
+    assert_unavailable(w.manager.decrypt(&a.id, b"o", &obj).await, "decrypt");
+    assert_unavailable(
+        w.manager.encrypt(&a.id, &blob(), b"o3", b"x").await,
+        "encrypt",
+    );
+    assert_unavailable(w.manager.open_field(&a.id, b"f", b"").await, "open field");
+    assert_unavailable(w.manager.check(&a.id).await, "check");
+    assert_eq!(w.state(&a.id).await, StateKind::Active);
+    assert!(w.state_changes(&a.id).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_token_or_soft_deleted_key_locks_the_account_until_restored() {
+    let w = TransitAccounts::on(shared(), RetryPolicy::default()).await;
+    let policy = transit_policy(Duration::from_secs(300));
+    let revoked = w.account("revoked", policy.clone()).await;
+    let deleted = w.account("soft-deleted", policy).await;
+    let mut objects = Vec::new();
+    for a in [&revoked, &deleted] {
+        let o = w
+            .manager
+            .encrypt(&a.id, &blob(), b"o", a.id.as_str().as_bytes())
+            .await
+            .expect("encrypt");
+        objects.push(o);
+    }
+
+    // The identity's token is revoked (and its policy deleted).
+    w.admin
+        .remove_identity(&revoked.identity)
+        .await
+        .expect("revoke");
+    // Key soft-deleted (OpenBao).
+    w.admin.delete_key(&deleted.key).await.expect("soft-delete");
+
+    for (a, reason) in [(&revoked, "permission denied"), (&deleted, "soft-deleted")] {
+        match w.manager.check(&a.id).await {
+            Err(e @ Error::KeyInaccessible { .. }) => {
+                assert_eq!(e.http_status(), 403);
+                assert!(e.to_string().contains(reason), "{e}");
+            }
+            other => panic!("{}: expected KeyInaccessible, got {other:?}", a.id),
+        }
+        assert_eq!(w.state(&a.id).await, StateKind::KeyInaccessible);
+    }
+    for (a, o) in [&revoked, &deleted].into_iter().zip(&objects) {
+        // Even with the account key still fresh in the cache: the state gate refuses.
+        assert_inaccessible(w.manager.decrypt(&a.id, b"o", o).await, "decrypt");
+        assert_inaccessible(
+            w.manager.encrypt(&a.id, &blob(), b"o2", b"x").await,
+            "encrypt",
+        );
+        assert_inaccessible(w.manager.seal_field(&a.id, b"f", b"v").await, "seal field");
+    }
+    // A second probe keeps the state (no transition to itself).
+    assert_inaccessible(w.manager.check(&revoked.id).await, "check again");
+
+    // Restored: access granted again / the key recovered from soft-delete.
+    w.admin
+        .set_access(&revoked.identity, Permissions::CMK)
+        .await
+        .expect("grant again");
+    w.admin
+        .recover_key(&deleted.key)
+        .await
+        .expect("soft-delete-restore");
+    // Past the cache, so the old objects open through a fresh server unwrap.
+    w.clock.advance(Duration::from_secs(301));
+    for (a, o) in [&revoked, &deleted].into_iter().zip(&objects) {
+        assert_eq!(
+            w.manager.check(&a.id).await.expect("check"),
+            StateKind::Active
+        );
+        assert_eq!(w.state(&a.id).await, StateKind::Active);
+        assert_eq!(
+            w.manager.decrypt(&a.id, b"o", o).await.expect("decrypt"),
+            a.id.as_str().as_bytes()
+        );
+        let n = w
+            .manager
+            .encrypt(&a.id, &blob(), b"n", b"new")
+            .await
+            .expect("encrypt");
+        assert_eq!(
+            w.manager.decrypt(&a.id, b"n", &n).await.expect("decrypt"),
+            b"new"
+        );
+        assert_eq!(
+            w.state_changes(&a.id),
+            ["Active->KeyInaccessible", "KeyInaccessible->Active"]
+        );
+    }
 }
