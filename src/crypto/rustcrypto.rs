@@ -236,6 +236,21 @@ fn mgf1_xor<D: Digest>(out: &mut [u8], seed: &[u8]) {
     }
 }
 
+/// Argon2id (RFC 9106, version 0x13) of `password` with `salt` into `out`, with memory
+/// `m_kib` KiB, `t` passes and `p` lanes.
+pub(crate) fn argon2id(
+    password: &[u8],
+    salt: &[u8],
+    (m_kib, t, p): (u32, u32, u32),
+    out: &mut [u8; 32],
+) -> Result<(), Error> {
+    let params = argon2::Params::new(m_kib, t, p, Some(32))
+        .map_err(|e| Error::InvalidInput(format!("Argon2id parameters: {e}")))?;
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into(password, salt, out)
+        .map_err(|e| Error::InvalidInput(format!("Argon2id: {e}")))
+}
+
 /// HKDF-SHA-256 (RFC 5869) into `out`.
 pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
     let hk = hkdf::Hkdf::<Sha256>::new(Some(salt), ikm);

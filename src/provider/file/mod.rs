@@ -272,11 +272,13 @@ fn derive_master(
     let mut out = Zeroizing::new([0u8; 32]);
     match (meta.kdf, secret) {
         (Kdf::Argon2id { m_kib, t, p }, MasterSecret::Passphrase(pass)) => {
-            let params = argon2::Params::new(m_kib, t, p, Some(32))
-                .map_err(|e| invalid(format!("Argon2id parameters: {e}")))?;
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-                .hash_password_into(pass.expose_secret().as_bytes(), &meta.salt, &mut *out)
-                .map_err(|e| invalid(format!("Argon2id: {e}")))?;
+            crate::crypto::argon2id(
+                pass.expose_secret().as_bytes(),
+                &meta.salt,
+                (m_kib, t, p),
+                &mut out,
+            )
+            .map_err(|e| invalid(e.to_string()))?;
         }
         (Kdf::KeyFile, MasterSecret::KeyFile(path)) => {
             let bytes = Zeroizing::new(
