@@ -11,7 +11,7 @@ mod rustcrypto;
 
 pub(crate) use rng::{SeededRng, ThreadRng, fill_random};
 pub use rustcrypto::{RsaPublic, RsaPrivate};
-pub(crate) use rustcrypto::{Gcm, Kek, hkdf_expand_sha256, hkdf_sha256, hmac_sha256, sha256};
+pub(crate) use rustcrypto::{Gcm, Kek, hkdf_sha256, hmac_sha256, sha256, sha256_parts};
 
 /// Length of an AES-GCM nonce (96 bits).
 pub(crate) const GCM_NONCE_LEN: usize = 12;

@@ -13,27 +13,32 @@ use subtle::ConstantTimeEq;
 
 use super::format::{COMMIT_LEN, FIXED_LEN, Header, LayerFields, WRAPPED_LEN};
 use super::keys::PreparedKey;
-use crate::crypto::{GCM_NONCE_LEN, GCM_TAG_LEN, Gcm, hkdf_expand_sha256};
+use crate::crypto::{GCM_NONCE_LEN, GCM_TAG_LEN, Gcm, sha256_parts};
 use crate::error::Error;
 use crate::secret::AesKey;
 
 /// Length of the per-object nonce prefix.
 pub(crate) const PREFIX_LEN: usize = 7;
-/// HKDF-Expand info label for the commitment and nonce prefix.
+/// Domain-separation label of the commitment and nonce-prefix derivation.
 const KDF_LABEL: &[u8] = b"byok envelope v1";
 
-/// Derives one layer's key commitment from its data key with a single HKDF-Expand block
-/// (HKDF-SHA-256 with the data key as PRK: it is a fresh uniformly random key, so the extract
-/// step is skipped, RFC 5869 §3.3). The caller's context is part of the info, so it is bound
-/// too. The chunk-nonce prefix is the commitment's first 7 bytes: nonces need to be unique
-/// per data key, not secret, and every object has its own data key.
+/// Derives one layer's key commitment from its data key with the one-step key-derivation
+/// function of NIST SP 800-56C (rev. 2, §4.1, option 1: H = SHA-256):
+/// `SHA-256(u32(1) || DK || "byok envelope v1" || layer || context)`.
+///
+/// The caller's context is part of the input, so it is bound too. The chunk-nonce prefix is
+/// the commitment's first 7 bytes: nonces need to be unique per data key, not secret, and
+/// every object has its own data key. (HKDF-SHA-256 would cost four SHA-256 compressions
+/// plus HMAC set-up per layer and object, this two for usual contexts: about 150 ns less
+/// per layer on both sealing and opening, a tenth of the per-object budget at 1 KiB.)
 fn derive(dk: &AesKey, layer: u8, context: &[u8]) -> ([u8; COMMIT_LEN], [u8; PREFIX_LEN]) {
-    let mut commitment = [0u8; COMMIT_LEN];
-    hkdf_expand_sha256(
+    let commitment = sha256_parts(&[
+        &1u32.to_be_bytes(),
         dk.expose_secret(),
-        &[KDF_LABEL, &[layer], context],
-        &mut commitment,
-    );
+        KDF_LABEL,
+        &[layer],
+        context,
+    ]);
     let mut prefix = [0u8; PREFIX_LEN];
     prefix.copy_from_slice(&commitment[..PREFIX_LEN]);
     (commitment, prefix)
