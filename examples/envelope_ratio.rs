@@ -21,9 +21,16 @@ fn time<F: FnMut()>(iters: u32, mut f: F) -> Duration {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rounds: u32 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(200);
+    let rounds: u32 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(200);
     let prep = |id: &str, b| -> Result<PreparedKey, byok::Error> {
-        PreparedKey::new("bench-account", &AccountKey::new(id, 1, AesKey::from_bytes([b; 32]))?)
+        PreparedKey::new(
+            "bench-account",
+            &AccountKey::new(id, 1, AesKey::from_bytes([b; 32]))?,
+        )
     };
     let (k1, k2) = (prep("ak", 1)?, prep("infra", 2)?);
     let single = Envelope::new(&k1);
@@ -32,7 +39,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let nonce = Nonce::from([7u8; 12]);
     let ctx = b"bench/object-name";
     println!("size    single seal  single open  double seal  double open   (raw seal / raw open)");
-    for (size, name) in [(1usize << 10, "1KiB"), (64 << 10, "64KiB"), (1 << 20, "1MiB"), (16 << 20, "16MiB")] {
+    for (size, name) in [
+        (1usize << 10, "1KiB"),
+        (64 << 10, "64KiB"),
+        (1 << 20, "1MiB"),
+        (16 << 20, "16MiB"),
+    ] {
         let pt = vec![0x5Au8; size];
         let raw_ct = raw.encrypt(&nonce, pt.as_slice()).map_err(|_| "seal")?;
         let objs = [single.seal(ctx, &pt)?, double.seal(ctx, &pt)?];
@@ -41,12 +53,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut best = [Duration::MAX; 6];
         for _ in 0..rounds {
             let t = [
-                time(iters, || drop(black_box(raw.encrypt(&nonce, black_box(pt.as_slice()))))),
-                time(iters, || drop(black_box(raw.decrypt(&nonce, black_box(raw_ct.as_slice()))))),
+                time(iters, || {
+                    drop(black_box(raw.encrypt(&nonce, black_box(pt.as_slice()))))
+                }),
+                time(iters, || {
+                    drop(black_box(raw.decrypt(&nonce, black_box(raw_ct.as_slice()))))
+                }),
                 time(iters, || drop(black_box(single.seal(ctx, black_box(&pt))))),
-                time(iters, || drop(black_box(single.open(ctx, black_box(&objs[0]))))),
+                time(iters, || {
+                    drop(black_box(single.open(ctx, black_box(&objs[0]))))
+                }),
                 time(iters, || drop(black_box(double.seal(ctx, black_box(&pt))))),
-                time(iters, || drop(black_box(double.open(ctx, black_box(&objs[1]))))),
+                time(iters, || {
+                    drop(black_box(double.open(ctx, black_box(&objs[1]))))
+                }),
             ];
             for (b, t) in best.iter_mut().zip(t) {
                 *b = (*b).min(t);
