@@ -309,3 +309,24 @@ fn sealed_fields_bind_account_field_and_version() {
         Err(Error::InvalidInput(_))
     ));
 }
+
+#[test]
+fn prepared_keys_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<PreparedKey>();
+    send_sync::<Envelope<'static>>();
+    send_sync::<byok::SealWriter<Vec<u8>>>();
+    send_sync::<byok::OpenReader<&'static [u8]>>();
+    let k = std::sync::Arc::new(key("t", "ak", 1, 1));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let k = k.clone();
+            std::thread::spawn(move || {
+                let env = Envelope::new(&k);
+                let obj = env.seal(b"x", &data(i * 1000)).unwrap();
+                env.open(b"x", &obj).unwrap() == data(i * 1000)
+            })
+        })
+        .collect();
+    assert!(handles.into_iter().all(|h| h.join().unwrap()));
+}

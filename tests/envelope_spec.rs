@@ -7,7 +7,7 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use aes_kw::KwAes256;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 const AK: [u8; 32] = [0x11; 32];
 const IK: [u8; 32] = [0x22; 32];
@@ -28,11 +28,14 @@ fn layer(h: &[u8], at: &mut usize, kek: &[u8; 32], l: u8) -> ([u8; 32], [u8; 7])
     KwAes256::new(kek.into())
         .unwrap_key(wrapped, &mut dk)
         .unwrap();
-    let mut c = [0u8; 32];
-    hkdf::Hkdf::<Sha256>::from_prk(&dk)
-        .unwrap()
-        .expand_multi_info(&[b"byok envelope v1", &[l], CTX], &mut c)
-        .unwrap();
+    let c: [u8; 32] = Sha256::new()
+        .chain_update(1u32.to_be_bytes())
+        .chain_update(dk)
+        .chain_update(b"byok envelope v1")
+        .chain_update([l])
+        .chain_update(CTX)
+        .finalize()
+        .into();
     assert_eq!(c, commitment);
     let mut prefix = [0u8; 7];
     prefix.copy_from_slice(&c[..7]);

@@ -12,7 +12,7 @@ mod rustcrypto;
 pub(crate) use rng::{SeededRng, ThreadRng, fill_random};
 pub(crate) use rustcrypto::RsaPrivate;
 pub use rustcrypto::RsaPublic;
-pub(crate) use rustcrypto::{Gcm, Kek, argon2id, hkdf_expand_sha256, hkdf_sha256};
+pub(crate) use rustcrypto::{Gcm, Kek, argon2id, hkdf_sha256, sha256_parts};
 #[allow(unused_imports)] // used by optional providers
 pub(crate) use rustcrypto::{hmac_sha256, sha256};
 

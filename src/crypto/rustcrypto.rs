@@ -259,17 +259,6 @@ pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8
     debug_assert!(r.is_ok());
 }
 
-/// HKDF-Expand with SHA-256 (RFC 5869 §2.3) from a key that is already uniformly random
-/// (RFC 5869 §3.3: the extract step may be skipped), into `out` (at most 64 bytes used by the
-/// crate).
-pub(crate) fn hkdf_expand_sha256(prk: &[u8; 32], info: &[&[u8]], out: &mut [u8]) {
-    // A 32-byte PRK is exactly HashLen, and outputs are far below 255 * 32 bytes.
-    if let Ok(hk) = hkdf::Hkdf::<Sha256>::from_prk(prk) {
-        let r = hk.expand_multi_info(info, out);
-        debug_assert!(r.is_ok());
-    }
-}
-
 /// HMAC-SHA-256, built from HKDF's extract step (HKDF-Extract(salt=key, ikm=msg) is
 /// HMAC(key, msg) by definition, RFC 5869 §2.2).
 pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
@@ -277,6 +266,15 @@ pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     ext.input_ikm(msg);
     let (prk, _) = ext.finalize();
     prk.into()
+}
+
+/// SHA-256 of the concatenation of `parts` (no copy into one buffer).
+pub(crate) fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
 }
 
 /// SHA-256 of `data`.

@@ -12,7 +12,8 @@ use core::fmt;
 pub(crate) const MAGIC: [u8; 4] = *b"BYOK";
 /// The only format version this crate writes and reads.
 pub(crate) const VERSION_1: u8 = 1;
-/// Suite 1: AES-256-GCM chunks, AES-KW (RFC 3394) data-key wrap, HKDF-SHA-256 commitment.
+/// Suite 1: AES-256-GCM chunks, AES-KW (RFC 3394) data-key wrap, SHA-256 (SP 800-56C
+/// one-step KDF) commitment.
 pub(crate) const SUITE_1: u8 = 1;
 /// Flag bit: the object has a second (double-encryption) layer.
 pub(crate) const FLAG_LAYER2: u8 = 0x01;

@@ -27,7 +27,10 @@ pub use keys::{AccountKey, PreparedKey};
 pub use stream::{OpenReader, SealWriter};
 
 use format::{DEFAULT_CHUNK_EXP, Header, LayerFields, MAX_CHUNK_EXP, MIN_CHUNK_EXP};
-use stream::{Ciphers, LayerCipher, io_err, read_exact_or, read_header};
+use stream::{
+    Ciphers, LayerCipher, LayerCiphers, LayerKey, io_err, new_layer, read_exact_or, read_header,
+    recover_keys,
+};
 
 use zeroize::Zeroizing;
 
@@ -154,7 +157,7 @@ impl<'k> Envelope<'k> {
     }
 
     /// Fresh data keys for a new object, and its header (appended to `out`).
-    fn begin(&self, context: &[u8], out: &mut Vec<u8>) -> Ciphers {
+    fn begin(&self, context: &[u8], out: &mut Vec<u8>) -> (LayerKey, Option<LayerKey>) {
         // One call to the CSPRNG per object, for both layers' data keys.
         let mut dks = Zeroizing::new([0u8; 64]);
         let n = if self.layer2.is_some() { 64 } else { 32 };
@@ -164,7 +167,7 @@ impl<'k> Envelope<'k> {
             a.copy_from_slice(b);
             AesKey::from_bytes(a)
         });
-        let (l1, w1, c1) = LayerCipher::generate(self.layer1, &dk1, 1, context);
+        let (w1, c1, p1) = new_layer(self.layer1, &dk1, 1, context);
         let f1 = LayerFields {
             key_id: self.layer1.key_id(),
             key_version: self.layer1.key_version(),
@@ -174,10 +177,10 @@ impl<'k> Envelope<'k> {
         match self.layer2 {
             None => {
                 format::write(out, self.chunk_exp, self.layer1.account_id(), &f1, None);
-                Ciphers { l1, l2: None }
+                ((dk1, p1), None)
             }
             Some(k2) => {
-                let (l2, w2, c2) = LayerCipher::generate(k2, &dk2, 2, context);
+                let (w2, c2, p2) = new_layer(k2, &dk2, 2, context);
                 let f2 = LayerFields {
                     key_id: k2.key_id(),
                     key_version: k2.key_version(),
@@ -191,7 +194,7 @@ impl<'k> Envelope<'k> {
                     &f1,
                     Some(&f2),
                 );
-                Ciphers { l1, l2: Some(l2) }
+                ((dk1, p1), Some((dk2, p2)))
             }
         }
     }
@@ -211,7 +214,14 @@ impl<'k> Envelope<'k> {
         }
         let tags = if self.layer2.is_some() { 32 } else { 16 };
         let mut out = Vec::with_capacity(self.header_len() + plaintext.len() + chunks * tags);
-        let ciphers = self.begin(context, &mut out);
+        let (k1, k2) = self.begin(context, &mut out);
+        // The cipher states are built here, where they stay.
+        let l1 = LayerCipher::new(&k1.0, &k1.1);
+        let l2 = k2.as_ref().map(|k| LayerCipher::new(&k.0, &k.1));
+        let ciphers = Ciphers {
+            l1: &l1,
+            l2: l2.as_ref(),
+        };
         let h = out.len();
         let mut index = 0u32;
         let mut rest = plaintext;
@@ -230,8 +240,12 @@ impl<'k> Envelope<'k> {
         Ok(out)
     }
 
-    fn recover(&self, header: &Header<'_>, context: &[u8]) -> Result<Ciphers, Error> {
-        Ciphers::recover(header, self.layer1, self.layer2, context)
+    fn recover(
+        &self,
+        header: &Header<'_>,
+        context: &[u8],
+    ) -> Result<(LayerKey, Option<LayerKey>), Error> {
+        recover_keys(header, self.layer1, self.layer2, context)
     }
 
     /// Opens an object sealed with `context`. Returns the plaintext only if every chunk
@@ -244,7 +258,13 @@ impl<'k> Envelope<'k> {
     /// object needs).
     pub fn open(&self, context: &[u8], object: &[u8]) -> Result<Vec<u8>, Error> {
         let header = format::parse(object).map_err(|_| Error::Decryption)?;
-        let ciphers = self.recover(&header, context)?;
+        let (k1, k2) = self.recover(&header, context)?;
+        let l1 = LayerCipher::new(&k1.0, &k1.1);
+        let l2 = k2.as_ref().map(|k| LayerCipher::new(&k.0, &k.1));
+        let ciphers = Ciphers {
+            l1: &l1,
+            l2: l2.as_ref(),
+        };
         let aad = header.raw;
         let body = &object[aad.len()..];
         let layout = Layout::of(body.len() as u64, header.chunk_exp, ciphers.overhead())?;
@@ -269,7 +289,7 @@ impl<'k> Envelope<'k> {
     /// Any error of `inner` while writing the header.
     pub fn seal_writer<W: Write>(&self, context: &[u8], inner: W) -> io::Result<SealWriter<W>> {
         let mut header = Vec::with_capacity(self.header_len());
-        let ciphers = self.begin(context, &mut header);
+        let ciphers = LayerCiphers::new(&self.begin(context, &mut header));
         SealWriter::start(inner, header, ciphers, self.chunk_size())
     }
 
@@ -283,7 +303,7 @@ impl<'k> Envelope<'k> {
         let header = read_header(&mut inner)?;
         let parsed = format::parse(&header).map_err(|_| io_err(Error::Decryption))?;
         let chunk_size = 1usize << parsed.chunk_exp;
-        let ciphers = self.recover(&parsed, context).map_err(io_err)?;
+        let ciphers = LayerCiphers::new(&self.recover(&parsed, context).map_err(io_err)?);
         Ok(OpenReader::start(inner, header, ciphers, chunk_size))
     }
 
@@ -307,7 +327,8 @@ impl<'k> Envelope<'k> {
         let base = src.stream_position()?;
         let header = read_header(&mut src)?;
         let parsed = format::parse(&header).map_err(|_| io_err(Error::Decryption))?;
-        let ciphers = self.recover(&parsed, context).map_err(io_err)?;
+        let owned = LayerCiphers::new(&self.recover(&parsed, context).map_err(io_err)?);
+        let ciphers = owned.view();
         let end = src.seek(SeekFrom::End(0))?;
         let body_start = base + header.len() as u64;
         let body_len = end

@@ -13,27 +13,32 @@ use subtle::ConstantTimeEq;
 
 use super::format::{COMMIT_LEN, FIXED_LEN, Header, LayerFields, WRAPPED_LEN};
 use super::keys::PreparedKey;
-use crate::crypto::{GCM_NONCE_LEN, GCM_TAG_LEN, Gcm, hkdf_expand_sha256};
+use crate::crypto::{GCM_NONCE_LEN, GCM_TAG_LEN, Gcm, sha256_parts};
 use crate::error::Error;
 use crate::secret::AesKey;
 
 /// Length of the per-object nonce prefix.
 pub(crate) const PREFIX_LEN: usize = 7;
-/// HKDF-Expand info label for the commitment and nonce prefix.
+/// Domain-separation label of the commitment and nonce-prefix derivation.
 const KDF_LABEL: &[u8] = b"byok envelope v1";
 
-/// Derives one layer's key commitment from its data key with a single HKDF-Expand block
-/// (HKDF-SHA-256 with the data key as PRK: it is a fresh uniformly random key, so the extract
-/// step is skipped, RFC 5869 §3.3). The caller's context is part of the info, so it is bound
-/// too. The chunk-nonce prefix is the commitment's first 7 bytes: nonces need to be unique
-/// per data key, not secret, and every object has its own data key.
+/// Derives one layer's key commitment from its data key with the one-step key-derivation
+/// function of NIST SP 800-56C (rev. 2, §4.1, option 1: H = SHA-256):
+/// `SHA-256(u32(1) || DK || "byok envelope v1" || layer || context)`.
+///
+/// The caller's context is part of the input, so it is bound too. The chunk-nonce prefix is
+/// the commitment's first 7 bytes: nonces need to be unique per data key, not secret, and
+/// every object has its own data key. (HKDF-SHA-256 would cost four SHA-256 compressions
+/// plus HMAC set-up per layer and object, this two for usual contexts: about 150 ns less
+/// per layer on both sealing and opening, a tenth of the per-object budget at 1 KiB.)
 fn derive(dk: &AesKey, layer: u8, context: &[u8]) -> ([u8; COMMIT_LEN], [u8; PREFIX_LEN]) {
-    let mut commitment = [0u8; COMMIT_LEN];
-    hkdf_expand_sha256(
+    let commitment = sha256_parts(&[
+        &1u32.to_be_bytes(),
         dk.expose_secret(),
-        &[KDF_LABEL, &[layer], context],
-        &mut commitment,
-    );
+        KDF_LABEL,
+        &[layer],
+        context,
+    ]);
     let mut prefix = [0u8; PREFIX_LEN];
     prefix.copy_from_slice(&commitment[..PREFIX_LEN]);
     (commitment, prefix)
@@ -54,50 +59,116 @@ impl LayerCipher {
         n
     }
 
-    /// A new object's layer under the fresh data key `dk`: returns the cipher, the wrapped
-    /// data key and the commitment to put in the header.
-    pub(crate) fn generate(
-        key: &PreparedKey,
-        dk: &AesKey,
-        layer: u8,
-        context: &[u8],
-    ) -> (Self, [u8; WRAPPED_LEN], [u8; COMMIT_LEN]) {
-        let wrapped = key.kek.wrap_32(dk.expose_secret());
-        let (commitment, prefix) = derive(dk, layer, context);
-        let gcm = Gcm::new(dk);
-        (Self { gcm, prefix }, wrapped, commitment)
-    }
-
-    /// Recovers a layer's cipher from its header fields: the key must be the one the header
-    /// names, the data key must unwrap, and the commitment must match (in constant time).
-    pub(crate) fn recover(
-        key: &PreparedKey,
-        fields: &LayerFields<'_>,
-        layer: u8,
-        context: &[u8],
-    ) -> Result<Self, Error> {
-        if fields.key_id != key.key_id() || fields.key_version != key.key_version() {
-            return Err(Error::Decryption);
+    /// The cipher of a layer with data key `dk` and nonce prefix `prefix`.
+    pub(crate) fn new(dk: &AesKey, prefix: &[u8; PREFIX_LEN]) -> Self {
+        Self {
+            gcm: Gcm::new(dk),
+            prefix: *prefix,
         }
-        let dk = key.kek.unwrap_32(fields.wrapped)?;
-        let (commitment, prefix) = derive(&dk, layer, context);
-        if !bool::from(commitment.ct_eq(fields.commitment)) {
-            return Err(Error::Decryption);
-        }
-        Ok(Self {
-            gcm: Gcm::new(&dk),
-            prefix,
-        })
     }
 }
 
-/// The AEAD of every layer an object has.
-pub(crate) struct Ciphers {
-    pub(crate) l1: LayerCipher,
-    pub(crate) l2: Option<LayerCipher>,
+/// A layer's data key and nonce prefix, before its (large) cipher state is built in place.
+pub(crate) type LayerKey = (AesKey, [u8; PREFIX_LEN]);
+
+/// A new object's layer under the fresh data key `dk`: the wrapped data key and the
+/// commitment to put in the header, and the nonce prefix.
+pub(crate) fn new_layer(
+    key: &PreparedKey,
+    dk: &AesKey,
+    layer: u8,
+    context: &[u8],
+) -> ([u8; WRAPPED_LEN], [u8; COMMIT_LEN], [u8; PREFIX_LEN]) {
+    let wrapped = key.kek.wrap_32(dk.expose_secret());
+    let (commitment, prefix) = derive(dk, layer, context);
+    (wrapped, commitment, prefix)
 }
 
-impl Ciphers {
+/// Recovers a layer's data key from its header fields: the key must be the one the header
+/// names, the data key must unwrap, and the commitment must match (in constant time).
+fn recover_layer(
+    key: &PreparedKey,
+    fields: &LayerFields<'_>,
+    layer: u8,
+    context: &[u8],
+) -> Result<LayerKey, Error> {
+    if fields.key_id != key.key_id() || fields.key_version != key.key_version() {
+        return Err(Error::Decryption);
+    }
+    let dk = key.kek.unwrap_32(fields.wrapped)?;
+    let (commitment, prefix) = derive(&dk, layer, context);
+    if !commitments_equal(&commitment, fields.commitment) {
+        return Err(Error::Decryption);
+    }
+    Ok((dk, prefix))
+}
+
+/// Constant-time comparison of two commitments: branch-free accumulation over 64-bit words,
+/// one `subtle` comparison at the end (cheaper than `subtle`'s byte-wise slice comparison,
+/// which puts an optimisation barrier on every byte).
+fn commitments_equal(a: &[u8; COMMIT_LEN], b: &[u8; COMMIT_LEN]) -> bool {
+    let mut diff = 0u64;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let mut xa = [0u8; 8];
+        let mut ya = [0u8; 8];
+        xa.copy_from_slice(x);
+        ya.copy_from_slice(y);
+        diff |= u64::from_le_bytes(xa) ^ u64::from_le_bytes(ya);
+    }
+    bool::from(diff.ct_eq(&0))
+}
+
+/// Recovers the data keys of a parsed header with the caller's keys. Any mismatch is the
+/// opaque [`Error::Decryption`].
+pub(crate) fn recover_keys(
+    header: &Header<'_>,
+    layer1: &PreparedKey,
+    layer2: Option<&PreparedKey>,
+    context: &[u8],
+) -> Result<(LayerKey, Option<LayerKey>), Error> {
+    if header.account_id != layer1.account_id() {
+        return Err(Error::Decryption);
+    }
+    let l2 = match (&header.layer2, layer2) {
+        (None, _) => None,
+        (Some(fields), Some(key)) => Some(recover_layer(key, fields, 2, context)?),
+        (Some(_), None) => return Err(Error::Decryption),
+    };
+    let l1 = recover_layer(layer1, &header.layer1, 1, context)?;
+    Ok((l1, l2))
+}
+
+/// Owned ciphers of every layer (for the streaming types).
+pub(crate) struct LayerCiphers {
+    l1: LayerCipher,
+    l2: Option<LayerCipher>,
+}
+
+impl LayerCiphers {
+    pub(crate) fn new((k1, k2): &(LayerKey, Option<LayerKey>)) -> Self {
+        Self {
+            l1: LayerCipher::new(&k1.0, &k1.1),
+            l2: k2.as_ref().map(|k| LayerCipher::new(&k.0, &k.1)),
+        }
+    }
+
+    pub(crate) fn view(&self) -> Ciphers<'_> {
+        Ciphers {
+            l1: &self.l1,
+            l2: self.l2.as_ref(),
+        }
+    }
+}
+
+/// The AEAD of every layer an object has (borrowed: the cipher states are large and are
+/// built where they stay, never moved per object).
+#[derive(Clone, Copy)]
+pub(crate) struct Ciphers<'a> {
+    pub(crate) l1: &'a LayerCipher,
+    pub(crate) l2: Option<&'a LayerCipher>,
+}
+
+impl Ciphers<'_> {
     /// Bytes a chunk's ciphertext adds to its plaintext (one tag per layer).
     pub(crate) fn overhead(&self) -> usize {
         if self.l2.is_some() {
@@ -105,26 +176,6 @@ impl Ciphers {
         } else {
             GCM_TAG_LEN
         }
-    }
-
-    /// Recovers the ciphers of a parsed header with the caller's keys. Any mismatch is the
-    /// opaque [`Error::Decryption`].
-    pub(crate) fn recover(
-        header: &Header<'_>,
-        layer1: &PreparedKey,
-        layer2: Option<&PreparedKey>,
-        context: &[u8],
-    ) -> Result<Self, Error> {
-        if header.account_id != layer1.account_id() {
-            return Err(Error::Decryption);
-        }
-        let l2 = match (&header.layer2, layer2) {
-            (None, _) => None,
-            (Some(fields), Some(key)) => Some(LayerCipher::recover(key, fields, 2, context)?),
-            (Some(_), None) => return Err(Error::Decryption),
-        };
-        let l1 = LayerCipher::recover(layer1, &header.layer1, 1, context)?;
-        Ok(Self { l1, l2 })
     }
 
     /// Seals the plaintext in `buf[start..]` in place as chunk `index` and appends its tags.
@@ -145,7 +196,7 @@ impl Ciphers {
             .gcm
             .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
         buf.extend_from_slice(&tag);
-        if let Some(l2) = &self.l2 {
+        if let Some(l2) = self.l2 {
             let (aad, body) = buf.split_at_mut(aad_len);
             let nonce = l2.nonce(index, last);
             let tag = l2
@@ -165,7 +216,7 @@ impl Ciphers {
         buf: &mut Vec<u8>,
         start: usize,
     ) -> Result<(), Error> {
-        if let Some(l2) = &self.l2 {
+        if let Some(l2) = self.l2 {
             let tag = pop_tag(buf, start)?;
             l2.gcm
                 .open_in_place(&l2.nonce(index, last), aad, &mut buf[start..], &tag)?;
@@ -234,7 +285,7 @@ pub struct SealWriter<W: Write> {
     /// The header, followed by the chunk being filled.
     buf: Vec<u8>,
     header_len: usize,
-    ciphers: Ciphers,
+    ciphers: LayerCiphers,
     chunk_size: usize,
     index: u64,
     poisoned: bool,
@@ -244,12 +295,12 @@ impl<W: Write> SealWriter<W> {
     pub(crate) fn start(
         mut inner: W,
         mut buf: Vec<u8>,
-        ciphers: Ciphers,
+        ciphers: LayerCiphers,
         chunk_size: usize,
     ) -> io::Result<Self> {
         inner.write_all(&buf)?;
         let header_len = buf.len();
-        buf.reserve_exact(chunk_size + ciphers.overhead());
+        buf.reserve_exact(chunk_size + ciphers.view().overhead());
         Ok(Self {
             inner,
             buf,
@@ -274,7 +325,9 @@ impl<W: Write> SealWriter<W> {
         })?;
         self.poisoned = true;
         let h = self.header_len;
-        self.ciphers.seal_chunk(index, last, &mut self.buf, h, h);
+        self.ciphers
+            .view()
+            .seal_chunk(index, last, &mut self.buf, h, h);
         self.inner.write_all(&self.buf[h..])?;
         self.buf.truncate(h);
         self.index += 1;
@@ -342,7 +395,7 @@ enum ReadState {
 pub struct OpenReader<R: Read> {
     inner: R,
     header: Vec<u8>,
-    ciphers: Ciphers,
+    ciphers: LayerCiphers,
     chunk_size: usize,
     buf: Vec<u8>,
     pos: usize,
@@ -352,7 +405,12 @@ pub struct OpenReader<R: Read> {
 }
 
 impl<R: Read> OpenReader<R> {
-    pub(crate) fn start(inner: R, header: Vec<u8>, ciphers: Ciphers, chunk_size: usize) -> Self {
+    pub(crate) fn start(
+        inner: R,
+        header: Vec<u8>,
+        ciphers: LayerCiphers,
+        chunk_size: usize,
+    ) -> Self {
         Self {
             inner,
             header,
@@ -368,7 +426,7 @@ impl<R: Read> OpenReader<R> {
 
     /// Reads, authenticates and decrypts the next chunk into `buf`.
     fn next_chunk(&mut self) -> io::Result<()> {
-        let full = self.chunk_size + self.ciphers.overhead();
+        let full = self.chunk_size + self.ciphers.view().overhead();
         self.buf.clear();
         self.pos = 0;
         if let Some(b) = self.carry.take() {
@@ -395,10 +453,11 @@ impl<R: Read> OpenReader<R> {
         };
         let index = u32::try_from(self.index).map_err(|_| io_err(Error::Decryption))?;
         // Only the first chunk of an empty object may be empty.
-        if last && index > 0 && self.buf.len() <= self.ciphers.overhead() {
+        if last && index > 0 && self.buf.len() <= self.ciphers.view().overhead() {
             return Err(io_err(Error::Decryption));
         }
         self.ciphers
+            .view()
             .open_chunk(index, last, &self.header, &mut self.buf, 0)
             .map_err(io_err)?;
         self.index += 1;

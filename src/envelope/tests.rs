@@ -81,8 +81,10 @@ fn stripping_layer2_with_its_key_is_detected() {
     let pt: Vec<u8> = (0..200u8).collect();
     let obj = env2.seal(b"ctx", &pt).unwrap();
     let h = format::parse(&obj).unwrap();
-    let l2 = stream::LayerCipher::recover(&k2, h.layer2.as_ref().unwrap(), 2, b"ctx").unwrap();
-    let only2 = Ciphers { l1: l2, l2: None };
+    let (_, k2_key) = stream::recover_keys(&h, &k1, Some(&k2), b"ctx").unwrap();
+    let (dk2, p2) = k2_key.unwrap();
+    let l2 = stream::LayerCipher::new(&dk2, &p2);
+    let only2 = Ciphers { l1: &l2, l2: None };
     // New single-layer header with the same layer-1 fields.
     let mut stripped = Vec::new();
     format::write(&mut stripped, h.chunk_exp, h.account_id, &h.layer1, None);

@@ -831,20 +831,20 @@ impl Inner {
         Ok(())
     }
 
-    /// [`Self::generate`], tried up to three times on `CKR_GENERAL_ERROR`: SoftHSM 2.6 with
-    /// the file object store now and then fails a key-pair generation that runs while other
-    /// sessions touch token objects. Leftovers of a failed attempt are destroyed first.
-    fn generate_retrying(
-        &self,
+    /// `op` (a generation or import of version `number` of `name`), tried up to three times on
+    /// `CKR_GENERAL_ERROR`: SoftHSM 2.6 with the file object store now and then fails an
+    /// object creation that runs while other sessions touch token objects. Leftovers of a
+    /// failed attempt are destroyed first.
+    fn retrying_general_error(
         s: &Session,
         name: &str,
         number: u64,
-        plan: Gen,
+        op: impl Fn() -> Result<(), Fail>,
     ) -> Result<(), Fail> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.generate(s, name, number, plan) {
+            match op() {
                 Err(Fail::Token(cryptoki::error::Error::Pkcs11(
                     cryptoki::error::RvError::GeneralError,
                     _,
@@ -977,7 +977,7 @@ impl Inner {
                 (Some(plan), None) => plan,
             };
             let number = existing.last().map_or(1, |v| v.number + 1);
-            self.generate_retrying(s, name, number, plan)?;
+            Self::retrying_general_error(s, name, number, || self.generate(s, name, number, plan))?;
             let h = self.token.private_key(s, name, &number.to_string())?;
             let v = self.read_version(s, h)?.ok_or_else(|| {
                 ProviderError::new(K::Unavailable, "the generated key has no version id")
@@ -1070,7 +1070,9 @@ impl VaultAdmin for Pkcs11Provider {
             let _g = i.admin_lock();
             i.token.with_session(&format!("import key {name}"), |s| {
                 let number = i.versions(s, &name)?.last().map_or(1, |v| v.number + 1);
-                i.import(s, &name, number, &key)?;
+                Inner::retrying_general_error(s, &name, number, || {
+                    i.import(s, &name, number, &key)
+                })?;
                 let h = i.token.private_key(s, &name, &number.to_string())?;
                 let v = i.read_version(s, h)?.ok_or_else(|| {
                     ProviderError::new(K::Unavailable, "the imported key has no version id")
