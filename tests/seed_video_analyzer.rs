@@ -309,7 +309,7 @@ async fn video_analyzer_rules() {
         );
     }
     w.vault.delete_key("va-cmk").await.expect("delete");
-    assert!(w.manager.check(&id).await.is_err());
+    assert!(matches!(w.manager.check(&id).await, Err(Error::KeyInaccessible { .. })));
     w.manager
         .delete_account(&id)
         .await
