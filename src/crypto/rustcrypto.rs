@@ -46,6 +46,27 @@ impl Gcm {
         tag.into()
     }
 
+    /// Encrypts `input` into `out` (same length) and returns the tag: no copy of the plaintext
+    /// into the output buffer first.
+    pub(crate) fn seal_to(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        input: &[u8],
+        out: &mut [u8],
+    ) -> [u8; GCM_TAG_LEN] {
+        // Equal lengths are the caller's contract and inputs are far below 2^36 bytes; an error
+        // here is a bug, so fail closed.
+        #[allow(clippy::expect_used)]
+        let buf = aes_gcm::aead::inout::InOutBuf::new(input, out).expect("equal lengths");
+        #[allow(clippy::expect_used)]
+        let tag = self
+            .0
+            .encrypt_inout_detached(&Nonce::from(*nonce), aad, buf)
+            .expect("AES-GCM input within limits");
+        tag.into()
+    }
+
     /// Decrypts `buf` in place after checking `tag`. On failure `buf` is wiped.
     pub(crate) fn open_in_place(
         &self,

@@ -228,9 +228,7 @@ impl<'k> Envelope<'k> {
         loop {
             let n = rest.len().min(chunk);
             let last = n == rest.len();
-            let start = out.len();
-            out.extend_from_slice(&rest[..n]);
-            ciphers.seal_chunk(index, last, &mut out, h, start);
+            ciphers.seal_chunk_from(index, last, &rest[..n], &mut out, h);
             if last {
                 break;
             }

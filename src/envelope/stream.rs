@@ -206,6 +206,37 @@ impl Ciphers<'_> {
         }
     }
 
+    /// Seals `plaintext` as chunk `index`, appending ciphertext and tags to `buf`, whose first
+    /// `aad_len` bytes are the associated data (the header). Layer 1 encrypts straight from
+    /// `plaintext` into `buf`: the one-shot sealer never copies the plaintext first.
+    pub(crate) fn seal_chunk_from(
+        &self,
+        index: u32,
+        last: bool,
+        plaintext: &[u8],
+        buf: &mut Vec<u8>,
+        aad_len: usize,
+    ) {
+        let start = buf.len();
+        // Zeroing a chunk that is in cache is cheaper than copying the plaintext into it.
+        buf.resize(start + plaintext.len(), 0);
+        let (aad, body) = buf.split_at_mut(aad_len);
+        let nonce = self.l1.nonce(index, last);
+        let tag = self
+            .l1
+            .gcm
+            .seal_to(&nonce, aad, plaintext, &mut body[start - aad_len..]);
+        buf.extend_from_slice(&tag);
+        if let Some(l2) = self.l2 {
+            let (aad, body) = buf.split_at_mut(aad_len);
+            let nonce = l2.nonce(index, last);
+            let tag = l2
+                .gcm
+                .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
+            buf.extend_from_slice(&tag);
+        }
+    }
+
     /// Opens chunk `index` held in `buf[start..]` in place; on success `buf` is truncated to
     /// end with the chunk's plaintext. On failure the chunk's bytes are wiped.
     pub(crate) fn open_chunk(
