@@ -226,7 +226,10 @@ async fn media_services_rules() {
         .remove_identity(&w.identity)
         .await
         .expect("revoke again");
-    assert!(matches!(w.manager.check(&id).await, Err(Error::KeyInaccessible { .. })));
+    assert!(matches!(
+        w.manager.check(&id).await,
+        Err(Error::KeyInaccessible { .. })
+    ));
     w.manager
         .delete_account(&id)
         .await

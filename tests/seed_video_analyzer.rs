@@ -309,7 +309,10 @@ async fn video_analyzer_rules() {
         );
     }
     w.vault.delete_key("va-cmk").await.expect("delete");
-    assert!(matches!(w.manager.check(&id).await, Err(Error::KeyInaccessible { .. })));
+    assert!(matches!(
+        w.manager.check(&id).await,
+        Err(Error::KeyInaccessible { .. })
+    ));
     w.manager
         .delete_account(&id)
         .await

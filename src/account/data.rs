@@ -125,6 +125,9 @@ impl AccountManager {
                 return Err(Error::Decryption);
             };
             let layer2 = match &header.layer2_key {
+                // An account with double encryption never wrote a single-layer object: one
+                // that claims to be is refused (no downgrade by an insider holding layer 1).
+                None if rec.double_encryption => return Err(Error::Decryption),
                 None => false,
                 Some(l2)
                     if rec
@@ -252,5 +255,54 @@ impl AccountManager {
             .await?
             .prepared
             .open_field(field_context, sealed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::account::policy::{DoubleEncryption, Policy};
+    use crate::account::store::VaultDirectory;
+    use crate::account::{NewAccount, PlatformKey};
+    use crate::provider::memory::InMemoryVault;
+    use crate::provider::{
+        Identity, KeySpec, Permissions, VaultAdmin, VaultProperties, WrapAlgorithm,
+    };
+
+    async fn platform_key(name: &str) -> PlatformKey {
+        let v = InMemoryVault::new(VaultProperties::new(&format!("{name}.internal"), "r", "op"));
+        v.create_key(name, KeySpec::Aes256).await.expect("key");
+        let id = Identity::new("svc");
+        v.set_access(&id, Permissions::CMK).await.expect("grant");
+        PlatformKey::new(Arc::new(v.provider(&id)), name, WrapAlgorithm::A256Kw)
+    }
+
+    #[tokio::test]
+    async fn a_double_encryption_account_refuses_single_layer_objects() {
+        let m = AccountManager::builder(
+            platform_key("platform").await,
+            Arc::new(VaultDirectory::new()),
+        )
+        .infrastructure_key(platform_key("infra").await)
+        .build();
+        let id = AccountId::new("de").expect("id");
+        let policy = Policy::builder("de")
+            .double_encryption(DoubleEncryption::Always)
+            .build();
+        m.create_account(NewAccount::new(id.clone(), "r", "t", policy))
+            .await
+            .expect("create");
+        let class = DataClass::new("blob");
+        let keys = m.keys_for_writing(&id, &class).await.expect("keys");
+        // An insider with the layer-1 key writes a single-layer object for the account.
+        let downgraded = Envelope::new(&keys.layer1).seal(b"o", b"x").expect("seal");
+        assert!(matches!(
+            m.decrypt(&id, b"o", &downgraded).await,
+            Err(Error::Decryption)
+        ));
+        let proper = m.encrypt(&id, &class, b"o", b"x").await.expect("encrypt");
+        assert_eq!(m.decrypt(&id, b"o", &proper).await.expect("decrypt"), b"x");
     }
 }
