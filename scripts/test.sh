@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (SoftHSM2 for the
-# PKCS#11 provider, OpenBao for the Transit provider; each test binary sets up and tears down
-# its own token or server), then runs every test with every feature.
+# PKCS#11 provider, OpenSSL for interop tests, OpenBao for the Transit provider; each test
+# binary sets up and tears down its own token or server), then runs every test with every
+# feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v softhsm2-util >/dev/null 2>&1; then
-  echo "test.sh: installing softhsm2" >&2
-  (apt-get install -y -qq softhsm2 >/dev/null 2>&1) || { apt-get update -qq && apt-get install -y -qq softhsm2 >/dev/null; }
+# SoftHSM2 (PKCS#11 tests) and OpenSSL (file-vault interop tests) from Debian's packages.
+need=()
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}" >&2
+  (apt-get install -y -qq "${need[@]}" >/dev/null 2>&1) || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
 fi
 bash scripts/openbao.sh install >&2
 
