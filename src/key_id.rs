@@ -119,7 +119,7 @@ fn check_host(h: &str) -> Result<(), &'static str> {
     }
 }
 
-fn check_name(n: &str) -> Result<(), &'static str> {
+pub(crate) fn check_name(n: &str) -> Result<(), &'static str> {
     if n.is_empty() || n.len() > 127 {
         return Err("the key name must be 1 to 127 characters");
     }

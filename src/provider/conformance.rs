@@ -77,9 +77,28 @@ struct Ctx<'a> {
     app: Identity,
 }
 
+/// A fresh RSA 2048 key, the app identity's provider and a wrapping made under the key.
+struct Fixture {
+    name: String,
+    v1: super::KeyProperties,
+    p: Arc<dyn KeyProvider>,
+    w: WrappedKey,
+}
+
 impl Ctx<'_> {
     fn name(&self, s: &str) -> String {
         format!("{}-{s}", self.prefix)
+    }
+
+    async fn fixture(&self, tag: &str) -> Result<Fixture, String> {
+        let name = self.name(tag);
+        let v1 = ok(
+            self.admin.create_key(&name, KeySpec::Rsa(2048)).await,
+            "create",
+        )?;
+        let p = self.app().await?;
+        let w = round_trip(&*p, &name, None, default_alg(self.admin)).await?;
+        Ok(Fixture { name, v1, p, w })
     }
 
     async fn app(&self) -> Result<Arc<dyn KeyProvider>, String> {
@@ -286,14 +305,8 @@ async fn wrong_algorithm_refused(c: &Ctx<'_>) -> CheckResult {
 }
 
 async fn disabled_version(c: &Ctx<'_>) -> CheckResult {
-    let name = c.name("disabled");
-    let v1 = ok(
-        c.admin.create_key(&name, KeySpec::Rsa(2048)).await,
-        "create",
-    )?;
-    let p = c.app().await?;
+    let Fixture { name, v1, p, w } = c.fixture("disabled").await?;
     let alg = default_alg(c.admin);
-    let w = round_trip(&*p, &name, None, alg).await?;
     ok(
         c.admin.set_enabled(&name, &v1.version, false).await,
         "disable",
@@ -320,13 +333,7 @@ async fn disabled_version(c: &Ctx<'_>) -> CheckResult {
 }
 
 async fn deleted_and_recovered(c: &Ctx<'_>) -> CheckResult {
-    let name = c.name("deleted");
-    ok(
-        c.admin.create_key(&name, KeySpec::Rsa(2048)).await,
-        "create",
-    )?;
-    let p = c.app().await?;
-    let w = round_trip(&*p, &name, None, default_alg(c.admin)).await?;
+    let Fixture { name, p, w, .. } = c.fixture("deleted").await?;
     ok(c.admin.delete_key(&name).await, "delete")?;
     expect_kind(
         p.unwrap_key(&w).await,
@@ -347,13 +354,7 @@ async fn deleted_and_recovered(c: &Ctx<'_>) -> CheckResult {
 }
 
 async fn purged_key(c: &Ctx<'_>) -> CheckResult {
-    let name = c.name("purged");
-    ok(
-        c.admin.create_key(&name, KeySpec::Rsa(2048)).await,
-        "create",
-    )?;
-    let p = c.app().await?;
-    let w = round_trip(&*p, &name, None, default_alg(c.admin)).await?;
+    let Fixture { name, p, w, .. } = c.fixture("purged").await?;
     let props = ok(p.vault_properties().await, "vault properties")?;
     ok(c.admin.delete_key(&name).await, "delete")?;
     if props.purge_protection {
@@ -385,14 +386,8 @@ async fn purged_key(c: &Ctx<'_>) -> CheckResult {
 }
 
 async fn missing_permission(c: &Ctx<'_>) -> CheckResult {
-    let name = c.name("perm");
-    ok(
-        c.admin.create_key(&name, KeySpec::Rsa(2048)).await,
-        "create",
-    )?;
-    let p = c.app().await?;
+    let Fixture { name, w, .. } = c.fixture("perm").await?;
     let alg = default_alg(c.admin);
-    let w = round_trip(&*p, &name, None, alg).await?;
     let limited = Identity::new(format!("{}-wrap-only", c.prefix));
     ok(
         c.admin
@@ -458,13 +453,7 @@ async fn revoked_identity(c: &Ctx<'_>) -> CheckResult {
 }
 
 async fn corrupted_blobs(c: &Ctx<'_>) -> CheckResult {
-    let name = c.name("corrupt");
-    ok(
-        c.admin.create_key(&name, KeySpec::Rsa(2048)).await,
-        "create",
-    )?;
-    let p = c.app().await?;
-    let w = round_trip(&*p, &name, None, default_alg(c.admin)).await?;
+    let Fixture { p, w, .. } = c.fixture("corrupt").await?;
     let n = w.ciphertext.len();
     let mut cases: Vec<(String, Vec<u8>)> = vec![
         ("empty".into(), Vec::new()),
@@ -498,13 +487,7 @@ async fn corrupted_blobs(c: &Ctx<'_>) -> CheckResult {
 }
 
 async fn concurrent_unwraps(c: &Ctx<'_>) -> CheckResult {
-    let name = c.name("concurrent");
-    ok(
-        c.admin.create_key(&name, KeySpec::Rsa(2048)).await,
-        "create",
-    )?;
-    let p = c.app().await?;
-    let w = round_trip(&*p, &name, None, default_alg(c.admin)).await?;
+    let Fixture { p, w, .. } = c.fixture("concurrent").await?;
     let futs: Vec<_> = (0..64)
         .map(|_| {
             let p = Arc::clone(&p);

@@ -25,6 +25,16 @@ pub(crate) mod soft;
 #[cfg(feature = "transit")]
 pub(crate) mod transit;
 
+/// Refuses key names a [`crate::KeyId`] cannot carry (every provider creates only those).
+pub(crate) fn check_name(name: &str) -> Result<(), ProviderError> {
+    crate::key_id::check_name(name).map_err(|reason| {
+        ProviderError::new(
+            crate::ProviderErrorKind::InvalidRequest,
+            format!("{name:?} is not a key name: {reason}"),
+        )
+    })
+}
+
 /// The type and size of a key held in a vault.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

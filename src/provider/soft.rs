@@ -314,7 +314,7 @@ impl VaultState {
         now: SystemTime,
         create: bool,
     ) -> Result<KeyProperties, ProviderError> {
-        check_name(name)?;
+        crate::provider::check_name(name)?;
         let entry = match self.keys.get_mut(name) {
             Some(e) if e.deleted_at.is_some() => {
                 return Err(ProviderError::new(
@@ -534,20 +534,6 @@ impl VaultState {
 
 fn not_found(name: &str) -> ProviderError {
     ProviderError::new(K::KeyNotFound, format!("key {name} not found"))
-}
-
-fn check_name(name: &str) -> Result<(), ProviderError> {
-    if !name.is_empty()
-        && name.len() <= 127
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        Ok(())
-    } else {
-        Err(ProviderError::new(
-            K::InvalidRequest,
-            format!("{name:?} is not a key name (1 to 127 letters, digits and '-')"),
-        ))
-    }
 }
 
 /// A software vault's storage: how to read the current state and commit a change. The

@@ -309,20 +309,6 @@ fn parse_version(id: &[u8]) -> Option<u64> {
     s.parse().ok()
 }
 
-fn check_name(name: &str) -> Result<(), ProviderError> {
-    if !name.is_empty()
-        && name.len() <= 127
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        Ok(())
-    } else {
-        Err(ProviderError::new(
-            K::InvalidRequest,
-            format!("{name:?} is not a key name (1 to 127 letters, digits and '-')"),
-        ))
-    }
-}
-
 fn oaep_mechanism(hash: OaepHash) -> Mechanism<'static> {
     let (h, mgf) = match hash {
         OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
@@ -1045,7 +1031,7 @@ impl VaultAdmin for Pkcs11Provider {
     }
 
     async fn create_key(&self, name: &str, spec: KeySpec) -> Result<KeyProperties, ProviderError> {
-        check_name(name)?;
+        crate::provider::check_name(name)?;
         let plan = match spec {
             KeySpec::Rsa(bits @ (1024 | 2048 | 3072 | 4096)) => Gen::Rsa(bits),
             KeySpec::EcP256 => Gen::EcP256,
@@ -1062,7 +1048,7 @@ impl VaultAdmin for Pkcs11Provider {
     }
 
     async fn import_rsa_pem(&self, name: &str, pem: &str) -> Result<KeyProperties, ProviderError> {
-        check_name(name)?;
+        crate::provider::check_name(name)?;
         let key = RsaPrivate::from_pem(pem)
             .map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))?;
         let name = name.to_owned();

@@ -11,8 +11,9 @@ use reqwest::Method;
 
 use super::http::{Connection, Op};
 use super::wire::{self, KeyData};
-use super::{TransitConfig, TransitProvider, check_name, name_not_found};
+use super::{TransitConfig, TransitProvider, name_not_found};
 use crate::error::{ProviderError, ProviderErrorKind as K};
+use crate::provider::check_name;
 use crate::provider::{
     AdminCapabilities, Identity, KeyProperties, KeyProvider, KeySpec, Permissions, VaultAdmin,
 };

@@ -351,7 +351,7 @@ impl TransitProvider {
     }
 
     async fn read_key_with(&self, name: &str, retry: bool) -> Result<KeyData, ProviderError> {
-        check_name(name)?;
+        crate::provider::check_name(name)?;
         let path = self.conn.mount_path(&format!("keys/{name}"));
         self.conn
             .call(&self.token, Method::GET, &path, None, Op::Key, retry)
@@ -400,21 +400,6 @@ impl TransitProvider {
             ));
         }
         Ok((v, raw))
-    }
-}
-
-/// Key names byok can put in a [`crate::KeyId`] (Transit itself allows more).
-fn check_name(name: &str) -> Result<(), ProviderError> {
-    if !name.is_empty()
-        && name.len() <= 127
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        Ok(())
-    } else {
-        Err(ProviderError::new(
-            K::InvalidRequest,
-            format!("{name:?} is not a key name (1 to 127 letters, digits and '-')"),
-        ))
     }
 }
 
@@ -596,7 +581,7 @@ impl KeyProvider for TransitProvider {
 
     async fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<SecretBytes, ProviderError> {
         let name = &wrapped.key_name;
-        check_name(name)?;
+        crate::provider::check_name(name)?;
         if wrapped.algorithm == WrapAlgorithm::RsaOaep {
             return Err(sha1_refused());
         }
