@@ -410,3 +410,45 @@ async fn revocation_and_rotation_under_concurrent_load() {
         Ok(())
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_operations_on_a_cold_cache_unwrap_once() {
+    let w = Arc::new(World::new().await);
+    let id = cmk_account(&w, "cold", Policy::builder("cold").build()).await;
+    let obj = w
+        .manager
+        .encrypt(&id, &class("blob"), b"o", b"x")
+        .await
+        .expect("encrypt");
+    // Expire the cache, and make the provider slow so that every task arrives while the one
+    // unwrap is under way.
+    w.clock.advance(Duration::from_secs(3600));
+    w.faults.set_latency(Duration::from_millis(100));
+    let before = w.unwraps();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (w, id, obj) = (w.clone(), id.clone(), obj.clone());
+            tokio::spawn(async move { w.manager.decrypt(&id, b"o", &obj).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task").expect("decrypt"), b"x");
+    }
+    assert_eq!(w.unwraps() - before, 1, "32 concurrent reads, one unwrap");
+    // A failing flight does not strand its waiters: they get the error (here: the state
+    // change it caused), not a hang.
+    w.clock.advance(Duration::from_secs(3600));
+    w.faults.cut(ProviderErrorKind::Forbidden);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (w, id, obj) = (w.clone(), id.clone(), obj.clone());
+            tokio::spawn(async move { w.manager.decrypt(&id, b"o", &obj).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(
+            t.await.expect("task"),
+            Err(Error::KeyInaccessible { .. })
+        ));
+    }
+}

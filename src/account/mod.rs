@@ -8,7 +8,10 @@ pub(crate) mod store;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use subtle::ConstantTimeEq;
@@ -130,6 +133,63 @@ struct Cached {
 struct Live {
     record: AccountRecord,
     cache: [Option<Cached>; 3],
+    /// An unwrap under way per slot: concurrent callers on a cold cache wait for it instead of
+    /// each contacting the provider.
+    inflight: [Option<Arc<Flight>>; 3],
+}
+
+/// One provider unwrap that other callers wait for (runtime-agnostic: wakers, no executor).
+#[derive(Default)]
+struct Flight(Mutex<(bool, Vec<Waker>)>);
+
+impl Flight {
+    fn finish(&self) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.0 = true;
+        for w in s.1.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+struct FlightWait(Arc<Flight>);
+
+impl Future for FlightWait {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0 {
+            Poll::Ready(())
+        } else {
+            if !s.1.iter().any(|w| w.will_wake(cx.waker())) {
+                s.1.push(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    }
+}
+
+/// Ends a flight however its leader ends (success, error or a dropped future).
+struct FlightGuard<'a> {
+    h: &'a Handle,
+    slot: Slot,
+    flight: Arc<Flight>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        {
+            let mut live = write(self.h);
+            let mine = live.inflight[self.slot as usize]
+                .as_ref()
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight));
+            if mine {
+                live.inflight[self.slot as usize] = None;
+            }
+        }
+        self.flight.finish();
+    }
 }
 
 type Handle = Arc<RwLock<Live>>;
@@ -322,6 +382,7 @@ impl AccountManager {
             Arc::new(RwLock::new(Live {
                 record,
                 cache: [None, None, None],
+                inflight: [None, None, None],
             }))
         })))
     }
@@ -452,7 +513,61 @@ impl AccountManager {
         self.unwrap_slot(&h, slot, Some(op), false).await
     }
 
+    /// The key of `slot`: from cache when fresh (unless `bypass_cache`), else from the
+    /// provider — once for all concurrent callers on a cold cache.
     async fn unwrap_slot(
+        &self,
+        h: &Handle,
+        slot: Slot,
+        op: Option<Operation>,
+        bypass_cache: bool,
+    ) -> Result<Unwrapped, Error> {
+        if bypass_cache {
+            return self.fetch_slot(h, slot, op, true).await;
+        }
+        loop {
+            // Fast path: a read lock and a fresh cache.
+            {
+                let live = read(h);
+                if let Some(op) = op {
+                    self.gate(&live.record, op)?;
+                }
+                if let Some(c) = &live.cache[slot as usize]
+                    && self.fresh(&live.record, c)
+                {
+                    return Ok(c.keys.clone());
+                }
+            }
+            let flight = {
+                let mut live = write(h);
+                if let Some(op) = op {
+                    self.gate(&live.record, op)?;
+                }
+                if let Some(c) = &live.cache[slot as usize]
+                    && self.fresh(&live.record, c)
+                {
+                    return Ok(c.keys.clone());
+                }
+                match &live.inflight[slot as usize] {
+                    Some(f) => Err(Arc::clone(f)),
+                    None => {
+                        let f = Arc::new(Flight::default());
+                        live.inflight[slot as usize] = Some(Arc::clone(&f));
+                        Ok(f)
+                    }
+                }
+            };
+            match flight {
+                Err(other) => FlightWait(other).await,
+                Ok(flight) => {
+                    let _guard = FlightGuard { h, slot, flight };
+                    return self.fetch_slot(h, slot, op, false).await;
+                }
+            }
+        }
+    }
+
+    async fn fetch_slot(
         &self,
         h: &Handle,
         slot: Slot,
