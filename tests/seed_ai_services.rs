@@ -94,15 +94,8 @@ async fn ai_services_rules() {
     let elsewhere_key = w
         .key_in_other_vault("other.vault.example", REGION, TENANT, true)
         .await;
-    let e = w
-        .manager
-        .set_customer_key(&id, elsewhere_key.clone(), w.identity.clone())
-        .await
-        .expect_err("other vault");
-    assert!(matches!(
-        violation(e),
-        PolicyViolation::DifferentVault { .. }
-    ));
+    let v = w.refused(&id, elsewhere_key.clone()).await;
+    assert!(matches!(v, PolicyViolation::DifferentVault { .. }));
     let same_vault = w.cmk("ai-cmk-2", 2048).await;
     let rec = w
         .manager
@@ -124,12 +117,8 @@ async fn ai_services_rules() {
         .expect_err("CMK -> platform");
     assert_eq!(violation(e), PolicyViolation::SourceSwitchForbidden);
     let platform = w.platform_account("ai-platform", policy.clone()).await;
-    let e = w
-        .manager
-        .set_customer_key(&platform, key.clone(), w.identity.clone())
-        .await
-        .expect_err("platform -> CMK");
-    assert_eq!(violation(e), PolicyViolation::SourceSwitchForbidden);
+    let v = w.refused(&platform, key.clone()).await;
+    assert_eq!(v, PolicyViolation::SourceSwitchForbidden);
     assert_eq!(
         w.manager.account(&platform).await.expect("get").key_source,
         KeySource::Platform

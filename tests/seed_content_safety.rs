@@ -6,7 +6,7 @@ use byok::{
     AccountId, AuditAction, AuditOutcome, Error, KeyId, KeySource, Operation, Policy,
     PolicyViolation, StateKind, VaultAdmin, inspect,
 };
-use common::{HOST, REGION, TENANT, World, class, violation};
+use common::{HOST, REGION, TENANT, World, class};
 
 #[tokio::test]
 async fn content_safety_rules() {
@@ -29,12 +29,7 @@ async fn content_safety_rules() {
     // "Only RSA keys of size 2048 are supported."
     let big = w.cmk("cs-4096", 4096).await;
     assert!(matches!(
-        violation(
-            w.manager
-                .set_customer_key(&id, big, w.identity.clone())
-                .await
-                .expect_err("4096")
-        ),
+        w.refused(&id, big).await,
         PolicyViolation::KeySize { bits: 4096, .. }
     ));
     // "The Azure AI services resource and the key vault must be in the same region and in the
@@ -42,25 +37,14 @@ async fn content_safety_rules() {
     let far_key = w
         .key_in_other_vault("far.vault.example", "brazilsouth", TENANT, true)
         .await;
-    let e = w
-        .manager
-        .set_customer_key(&id, far_key.clone(), w.identity.clone())
-        .await
-        .expect_err("region");
-    assert!(matches!(
-        violation(e),
-        PolicyViolation::RegionMismatch { .. }
-    ));
+    let v = w.refused(&id, far_key.clone()).await;
+    assert!(matches!(v, PolicyViolation::RegionMismatch { .. }));
     // "you must also enable both the Soft Delete and Do Not Purge properties on the key vault."
     let loose_key = w
         .key_in_other_vault("loose.vault.example", REGION, TENANT, false)
         .await;
-    let e = w
-        .manager
-        .set_customer_key(&id, loose_key.clone(), w.identity.clone())
-        .await
-        .expect_err("protection");
-    assert_eq!(violation(e), PolicyViolation::SoftDeleteRequired);
+    let v = w.refused(&id, loose_key.clone()).await;
+    assert_eq!(v, PolicyViolation::SoftDeleteRequired);
 
     // "Specify a key as a URI": the Key Identifier copied from the portal (a versioned URI).
     w.cmk("cs-cmk", 2048).await;

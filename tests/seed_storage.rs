@@ -57,36 +57,18 @@ async fn storage_rules() {
     let foreign_key = w
         .key_in_other_vault("foreign.vault.example", REGION, "fabrikam", true)
         .await;
-    let e = w
-        .manager
-        .set_customer_key(&id, foreign_key.clone(), w.identity.clone())
-        .await
-        .expect_err("tenant");
-    assert!(matches!(
-        violation(e),
-        PolicyViolation::TenantMismatch { .. }
-    ));
+    let v = w.refused(&id, foreign_key.clone()).await;
+    assert!(matches!(v, PolicyViolation::TenantMismatch { .. }));
     // "You must enable both the Soft Delete and Do Not Purge properties on the key vault."
     let loose_key = w
         .key_in_other_vault("loose.vault.example", REGION, TENANT, false)
         .await;
-    let e = w
-        .manager
-        .set_customer_key(&id, loose_key.clone(), w.identity.clone())
-        .await
-        .expect_err("protection");
-    assert_eq!(violation(e), PolicyViolation::SoftDeleteRequired);
+    let v = w.refused(&id, loose_key.clone()).await;
+    assert_eq!(v, PolicyViolation::SoftDeleteRequired);
     // "Only 2048-bit RSA and RSA-HSM keys are supported."
     let big = w.cmk("st-3072", 3072).await;
-    let e = w
-        .manager
-        .set_customer_key(&id, big, w.identity.clone())
-        .await
-        .expect_err("3072");
-    assert!(matches!(
-        violation(e),
-        PolicyViolation::KeySize { bits: 3072, .. }
-    ));
+    let v = w.refused(&id, big).await;
+    assert!(matches!(v, PolicyViolation::KeySize { bits: 3072, .. }));
 
     // "When you configure a customer-managed key, Azure Storage wraps the root data encryption
     // key for the account with the customer-managed key."

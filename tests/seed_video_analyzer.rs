@@ -50,22 +50,12 @@ async fn video_analyzer_rules() {
         .expect("1024");
     let ec = KeyId::new(HOST, "ec", None).expect("id");
     assert!(matches!(
-        violation(
-            w.manager
-                .set_customer_key(&id, ec, w.identity.clone())
-                .await
-                .expect_err("EC")
-        ),
+        w.refused(&id, ec).await,
         PolicyViolation::KeyType { .. }
     ));
     let small = KeyId::new(HOST, "rsa1024", None).expect("id");
     assert!(matches!(
-        violation(
-            w.manager
-                .set_customer_key(&id, small, w.identity.clone())
-                .await
-                .expect_err("1024")
-        ),
+        w.refused(&id, small).await,
         PolicyViolation::KeySize { bits: 1024, .. }
     ));
     for bits in [2048u32, 3072, 4096] {
@@ -86,24 +76,14 @@ async fn video_analyzer_rules() {
         .key_in_other_vault("far.vault.example", "japaneast", TENANT, true)
         .await;
     assert!(matches!(
-        violation(
-            w.manager
-                .set_customer_key(&id, far_key, w.identity.clone())
-                .await
-                .expect_err("region")
-        ),
+        w.refused(&id, far_key).await,
         PolicyViolation::RegionMismatch { .. }
     ));
     let loose_key = w
         .key_in_other_vault("loose.vault.example", REGION, TENANT, false)
         .await;
     assert!(matches!(
-        violation(
-            w.manager
-                .set_customer_key(&id, loose_key, w.identity.clone())
-                .await
-                .expect_err("protection")
-        ),
+        w.refused(&id, loose_key).await,
         PolicyViolation::SoftDeleteRequired
     ));
     // A failed configuration changed nothing.

@@ -178,6 +178,19 @@ impl Ciphers<'_> {
         }
     }
 
+    /// Layer 2 (if any) seals layer 1's ciphertext and tag in `buf[start..]` in place and
+    /// appends its own tag.
+    fn seal_layer2(&self, index: u32, last: bool, buf: &mut Vec<u8>, aad_len: usize, start: usize) {
+        if let Some(l2) = self.l2 {
+            let (aad, body) = buf.split_at_mut(aad_len);
+            let nonce = l2.nonce(index, last);
+            let tag = l2
+                .gcm
+                .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
+            buf.extend_from_slice(&tag);
+        }
+    }
+
     /// Seals the plaintext in `buf[start..]` in place as chunk `index` and appends its tags.
     /// The associated data is `buf[..aad_len]` (the header, kept in front of the chunk).
     pub(crate) fn seal_chunk(
@@ -196,14 +209,7 @@ impl Ciphers<'_> {
             .gcm
             .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
         buf.extend_from_slice(&tag);
-        if let Some(l2) = self.l2 {
-            let (aad, body) = buf.split_at_mut(aad_len);
-            let nonce = l2.nonce(index, last);
-            let tag = l2
-                .gcm
-                .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
-            buf.extend_from_slice(&tag);
-        }
+        self.seal_layer2(index, last, buf, aad_len, start);
     }
 
     /// Seals `plaintext` as chunk `index`, appending ciphertext and tags to `buf`, whose first
@@ -227,14 +233,7 @@ impl Ciphers<'_> {
             .gcm
             .seal_to(&nonce, aad, plaintext, &mut body[start - aad_len..]);
         buf.extend_from_slice(&tag);
-        if let Some(l2) = self.l2 {
-            let (aad, body) = buf.split_at_mut(aad_len);
-            let nonce = l2.nonce(index, last);
-            let tag = l2
-                .gcm
-                .seal_in_place(&nonce, aad, &mut body[start - aad_len..]);
-            buf.extend_from_slice(&tag);
-        }
+        self.seal_layer2(index, last, buf, aad_len, start);
     }
 
     /// Opens chunk `index` held in `buf[start..]` in place; on success `buf` is truncated to

@@ -35,6 +35,20 @@ pub(crate) fn check_name(name: &str) -> Result<(), ProviderError> {
     })
 }
 
+/// Longest secret a provider wraps (account keys are 32 bytes).
+pub(crate) const MAX_WRAP_INPUT: usize = 512;
+
+/// Refuses an empty or oversized secret before any provider work.
+pub(crate) fn check_wrap_input(key: &[u8]) -> Result<(), ProviderError> {
+    if key.is_empty() || key.len() > MAX_WRAP_INPUT {
+        return Err(ProviderError::new(
+            crate::ProviderErrorKind::InvalidRequest,
+            format!("a wrapped secret is 1 to {MAX_WRAP_INPUT} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// The type and size of a key held in a vault.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -16,9 +16,6 @@ use crate::crypto::{Kek, OaepHash, RsaPrivate};
 use crate::error::{ProviderError, ProviderErrorKind as K};
 use crate::secret::{AesKey, SecretBytes};
 
-/// Longest secret a software vault wraps (account keys are 32 bytes).
-pub(crate) const MAX_WRAP_INPUT: usize = 512;
-
 /// Key material of one version.
 #[derive(Clone)]
 pub(crate) enum Material {
@@ -98,12 +95,7 @@ impl Material {
 
     pub(crate) fn wrap(&self, alg: WrapAlgorithm, pt: &[u8]) -> Result<Vec<u8>, ProviderError> {
         self.check_alg(alg)?;
-        if pt.is_empty() || pt.len() > MAX_WRAP_INPUT {
-            return Err(ProviderError::new(
-                K::InvalidRequest,
-                format!("a wrapped secret is 1 to {MAX_WRAP_INPUT} bytes"),
-            ));
-        }
+        crate::provider::check_wrap_input(pt)?;
         let r = match self {
             Self::Rsa(k) => k.public().encrypt_oaep(oaep_hash(alg), pt, b""),
             Self::Aes(k) => Kek::new(k).wrap(pt),

@@ -159,6 +159,19 @@ impl World {
     }
 }
 
+impl World {
+    /// Asks for `key` as the customer key of `id` as the world's identity, expecting a policy
+    /// refusal; returns the rule broken.
+    pub async fn refused(&self, id: &AccountId, key: KeyId) -> byok::PolicyViolation {
+        violation(
+            self.manager
+                .set_customer_key(id, key, self.identity.clone())
+                .await
+                .expect_err("the policy must refuse this key"),
+        )
+    }
+}
+
 /// The rule a policy error names.
 pub fn violation(e: byok::Error) -> byok::PolicyViolation {
     match e {

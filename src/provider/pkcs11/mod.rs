@@ -54,9 +54,6 @@ enum Op {
     AesKw,
 }
 
-/// Longest secret this provider wraps (account keys are 32 bytes).
-const MAX_WRAP_INPUT: usize = 512;
-
 /// How to reach a PKCS#11 token: the module (shared library) path, the token label, the user
 /// PIN, and the settings of the provider.
 ///
@@ -627,12 +624,7 @@ impl Inner {
         alg: WrapAlgorithm,
         key: &[u8],
     ) -> Result<WrappedKey, ProviderError> {
-        if key.is_empty() || key.len() > MAX_WRAP_INPUT {
-            return Err(ProviderError::new(
-                K::InvalidRequest,
-                format!("a wrapped secret is 1 to {MAX_WRAP_INPUT} bytes"),
-            ));
-        }
+        crate::provider::check_wrap_input(key)?;
         if alg == WrapAlgorithm::A256Kw && (key.len() < 16 || !key.len().is_multiple_of(8)) {
             return Err(ProviderError::new(
                 K::InvalidRequest,

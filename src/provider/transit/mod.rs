@@ -39,10 +39,6 @@ pub use admin::TransitAdmin;
 use http::{Connection, Op};
 use wire::{DecryptData, EncryptData, KeyData, Kind};
 
-/// The longest secret `wrap_key` accepts (Transit's own limit for RSA is smaller: 190 bytes
-/// for RSA 2048 with OAEP-SHA-256).
-const MAX_WRAP_INPUT: usize = 512;
-
 /// Bounded retries with exponential backoff and jitter, applied only to transient failures
 /// (timeouts, refused connections, 429, 5xx other than a failed decryption).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -502,12 +498,7 @@ impl KeyProvider for TransitProvider {
         algorithm: WrapAlgorithm,
         key: &[u8],
     ) -> Result<WrappedKey, ProviderError> {
-        if key.is_empty() || key.len() > MAX_WRAP_INPUT {
-            return Err(ProviderError::new(
-                K::InvalidRequest,
-                format!("a wrapped secret is 1 to {MAX_WRAP_INPUT} bytes"),
-            ));
-        }
+        crate::provider::check_wrap_input(key)?;
         // Read the key first: it must exist (encrypt on a missing key would silently create
         // an AES key when the token may `create`), fit the algorithm, and the version must be
         // usable. A token without `read` (wrap-only) skips this and relies on its policy
