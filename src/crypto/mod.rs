@@ -6,6 +6,7 @@
 //! (`rustcrypto.rs`); a second backend (aws-lc-rs, for speed and constant-time RSA) can be added
 //! behind a feature by providing the same items.
 
+mod kw32;
 mod rng;
 mod rustcrypto;
 

@@ -1,11 +1,12 @@
 //! Randomness: a per-thread ChaCha20 CSPRNG seeded from the operating system.
 //!
-//! Per-object data keys and nonces are drawn from it, so sealing an object costs no system
-//! call for entropy. The generator reseeds from the OS every `RESEED_BYTES` bytes and whenever
-//! the process id changes: a forked child must never repeat its parent's stream, since that
-//! would repeat data keys and nonces. The pid check is a `getpid` system call per draw
-//! (≈0.15 µs here, about 8% of sealing a 1 KiB object); without `unsafe` (no
-//! `pthread_atfork`, no `MADV_WIPEONFORK`) it is the one fork-safe option, and we keep it.
+//! Data keys, nonces and salts are drawn from it, so sealing costs no system call for entropy.
+//! The generator reseeds from the OS every `RESEED_BYTES` bytes and whenever the process id
+//! changes: a forked child must never repeat its parent's stream, since that would repeat data
+//! keys and nonces. The pid check is a `getpid` system call per draw (≈0.1 µs here); without
+//! `unsafe` (no `pthread_atfork`, no `MADV_WIPEONFORK`) it is the one fork-safe option, and we
+//! keep it. The envelope draws data keys in batches (`PreparedKey::data_key`), with the same
+//! check on each key it hands out.
 
 use core::cell::RefCell;
 use core::convert::Infallible;

@@ -261,6 +261,46 @@ fn kw_round_trips_16_to_64_bytes_and_wrap_32_agrees() {
 }
 
 #[test]
+fn kw32_fast_path_agrees_with_aes_kw() {
+    // `wrap_32`, `wrap_32_many` and `unwrap_32` run in `kw32`; `wrap` / `unwrap` in `aes-kw`.
+    for (name, kek) in keks() {
+        let keys: [[u8; 32]; 8] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 32 + j) as u8 ^ 0x3c));
+        let many = kek.wrap_32_many(&keys);
+        for (key, wrapped) in keys.iter().zip(&many) {
+            assert_eq!(wrapped[..], kek.wrap(key).expect("wrap")[..], "{name}");
+            assert_eq!(*wrapped, kek.wrap_32(key), "{name}");
+            let back = kek.unwrap_32(wrapped).expect("unwrap_32");
+            assert_eq!(back.expose_secret(), key, "{name}");
+        }
+        let three: [[u8; 32]; 3] = [keys[5], keys[0], keys[7]];
+        assert_eq!(
+            kek.wrap_32_many(&three),
+            [many[5], many[0], many[7]],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn unwrap_32_rejects_every_bit_flip_and_the_wrong_kek() {
+    let kek = Kek::new(&AesKey::from_bytes([1; 32]));
+    let other = Kek::new(&AesKey::from_bytes([2; 32]));
+    let key: [u8; 32] = key_material(32)[..].try_into().expect("32 bytes");
+    let wrapped = kek.wrap_32(&key);
+    assert!(matches!(other.unwrap_32(&wrapped), Err(Error::Decryption)));
+    for bit in 0..wrapped.len() * 8 {
+        let mut bad = wrapped;
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert!(
+            matches!(kek.unwrap_32(&bad), Err(Error::Decryption)),
+            "bit {bit}"
+        );
+        assert!(is_decryption(&kek.unwrap(&bad)), "bit {bit}");
+    }
+}
+
+#[test]
 fn wrap_refuses_lengths_outside_the_contract() {
     for (name, kek) in keks() {
         for len in 0..=72usize {

@@ -32,11 +32,7 @@ use stream::{
     recover_keys,
 };
 
-use zeroize::Zeroizing;
-
-use crate::crypto::fill_random;
 use crate::error::Error;
-use crate::secret::AesKey;
 
 /// Seals and opens objects for one account: the account key (layer 1), optionally an
 /// independent infrastructure account key (layer 2, double encryption), and the chunk size.
@@ -158,45 +154,27 @@ impl<'k> Envelope<'k> {
 
     /// Fresh data keys for a new object, and its header (appended to `out`).
     fn begin(&self, context: &[u8], out: &mut Vec<u8>) -> (LayerKey, Option<LayerKey>) {
-        // One call to the CSPRNG per object, for both layers' data keys.
-        let mut dks = Zeroizing::new([0u8; 64]);
-        let n = if self.layer2.is_some() { 64 } else { 32 };
-        fill_random(&mut dks[..n]);
-        let [dk1, dk2] = [&dks[..32], &dks[32..]].map(|b| {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(b);
-            AesKey::from_bytes(a)
-        });
-        let (w1, c1, p1) = new_layer(self.layer1, &dk1, 1, context);
+        let (k1, w1, c1) = new_layer(self.layer1, 1, context);
         let f1 = LayerFields {
             key_id: self.layer1.key_id(),
             key_version: self.layer1.key_version(),
             wrapped: &w1,
             commitment: &c1,
         };
-        match self.layer2 {
-            None => {
-                format::write(out, self.chunk_exp, self.layer1.account_id(), &f1, None);
-                ((dk1, p1), None)
-            }
-            Some(k2) => {
-                let (w2, c2, p2) = new_layer(k2, &dk2, 2, context);
-                let f2 = LayerFields {
-                    key_id: k2.key_id(),
-                    key_version: k2.key_version(),
-                    wrapped: &w2,
-                    commitment: &c2,
-                };
-                format::write(
-                    out,
-                    self.chunk_exp,
-                    self.layer1.account_id(),
-                    &f1,
-                    Some(&f2),
-                );
-                ((dk1, p1), Some((dk2, p2)))
-            }
-        }
+        let Some(key2) = self.layer2 else {
+            format::write(out, self.chunk_exp, self.layer1.account_id(), &f1, None);
+            return (k1, None);
+        };
+        let (k2, w2, c2) = new_layer(key2, 2, context);
+        let f2 = LayerFields {
+            key_id: key2.key_id(),
+            key_version: key2.key_version(),
+            wrapped: &w2,
+            commitment: &c2,
+        };
+        let account = self.layer1.account_id();
+        format::write(out, self.chunk_exp, account, &f1, Some(&f2));
+        (k1, Some(k2))
     }
 
     /// Seals `plaintext` as one object bound to `context` (object name, tenant, … — the same

@@ -71,17 +71,16 @@ impl LayerCipher {
 /// A layer's data key and nonce prefix, before its (large) cipher state is built in place.
 pub(crate) type LayerKey = (AesKey, [u8; PREFIX_LEN]);
 
-/// A new object's layer under the fresh data key `dk`: the wrapped data key and the
-/// commitment to put in the header, and the nonce prefix.
+/// A new object's layer under `key`: a fresh data key with its nonce prefix, and the wrapped
+/// data key and the commitment to put in the header.
 pub(crate) fn new_layer(
     key: &PreparedKey,
-    dk: &AesKey,
     layer: u8,
     context: &[u8],
-) -> ([u8; WRAPPED_LEN], [u8; COMMIT_LEN], [u8; PREFIX_LEN]) {
-    let wrapped = key.kek.wrap_32(dk.expose_secret());
-    let (commitment, prefix) = derive(dk, layer, context);
-    (wrapped, commitment, prefix)
+) -> (LayerKey, [u8; WRAPPED_LEN], [u8; COMMIT_LEN]) {
+    let (dk, wrapped) = key.data_key();
+    let (commitment, prefix) = derive(&dk, layer, context);
+    ((dk, prefix), wrapped, commitment)
 }
 
 /// Recovers a layer's data key from its header fields: the key must be the one the header
