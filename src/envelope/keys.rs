@@ -159,7 +159,8 @@ impl PreparedKey {
     /// together, their AES-KW computations interleaved (eight wraps cost about 1.4 times one);
     /// each key is handed out once and wiped from the batch as it leaves. The batch is
     /// discarded when the process id changes (after `fork`), and a caller that finds it in use
-    /// by another thread gets a key of its own rather than waiting.
+    /// by another thread gets a key of its own rather than waiting — so no caller ever blocks
+    /// here, not even in a child forked while another thread held the batch.
     pub(crate) fn data_key(&self) -> (AesKey, [u8; WRAPPED_LEN]) {
         let pid = std::process::id();
         let mut ahead = match self.ahead.try_lock() {
