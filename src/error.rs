@@ -66,6 +66,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// The account store failed (database unreachable, timeout, bad row). Transient: no
+    /// account's state changed. HTTP 503.
+    #[error("account store: {message}")]
+    Store {
+        /// What failed.
+        message: String,
+        /// The underlying error (database client, I/O), if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+
     /// A key or vault does not satisfy the account's policy; nothing was changed. HTTP 400.
     #[error("policy {policy}: {violation}")]
     Policy {
@@ -155,8 +166,19 @@ impl Error {
             Error::AccountNotFound(_) => 404,
             Error::Conflict(_) => 409,
             Error::KeyInaccessible { .. } => 403,
-            Error::Unavailable { .. } => 503,
+            Error::Unavailable { .. } | Error::Store { .. } => 503,
             Error::Format(_) => 400,
+        }
+    }
+
+    /// An [`Error::Store`] with `message` and the underlying cause.
+    pub fn store(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::Store {
+            message: message.into(),
+            source: Some(source.into()),
         }
     }
 

@@ -17,9 +17,12 @@ mod util;
 pub use crate::account::data::ObjectKeys;
 pub use crate::account::policy::{DataClass, DoubleEncryption, Operation, Policy, PolicyBuilder};
 pub use crate::account::record::{
-    AccountId, AccountRecord, AccountState, KeySource, RECORD_FORMAT, StateKind, WrappedAccountKey,
+    AccountId, AccountRecord, AccountState, KeyRole, KeySource, RECORD_FORMAT, StateKind,
+    WrappedAccountKey,
 };
-pub use crate::account::store::{AccountStore, InMemoryAccountStore, KeyResolver, VaultDirectory};
+pub use crate::account::store::{
+    AccountStore, ChangeListener, InMemoryAccountStore, KeyResolver, StoreChange, VaultDirectory,
+};
 pub use crate::account::{
     AccountManager, AccountManagerBuilder, MonitorEntry, NewAccount, PlatformKey,
 };

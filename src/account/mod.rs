@@ -18,7 +18,8 @@ use subtle::ConstantTimeEq;
 
 use self::policy::{DataClass, DoubleEncryption, Operation, Policy};
 use self::record::{
-    AccountId, AccountRecord, AccountState, KeySource, RECORD_FORMAT, StateKind, WrappedAccountKey,
+    AccountId, AccountRecord, AccountState, KeyRole, KeySource, RECORD_FORMAT, StateKind,
+    WrappedAccountKey,
 };
 use self::store::{AccountStore, InMemoryAccountStore, KeyResolver};
 use crate::audit::{AuditAction, AuditEvent, AuditOutcome, AuditSink, TracingAuditSink};
@@ -37,7 +38,7 @@ pub struct PlatformKey {
     provider: Arc<dyn KeyProvider>,
     name: String,
     algorithm: WrapAlgorithm,
-    label: &'static str,
+    role: KeyRole,
 }
 
 impl PlatformKey {
@@ -47,7 +48,7 @@ impl PlatformKey {
             provider,
             name: name.to_owned(),
             algorithm,
-            label: "platform",
+            role: KeyRole::Platform,
         }
     }
 }
@@ -251,7 +252,7 @@ pub struct AccountManagerBuilder {
 impl AccountManagerBuilder {
     /// The infrastructure key for double encryption (independent of the platform key).
     pub fn infrastructure_key(mut self, mut key: PlatformKey) -> Self {
-        key.label = "infrastructure";
+        key.role = KeyRole::Infrastructure;
         self.infrastructure = Some(key);
         self
     }
@@ -489,7 +490,7 @@ impl AccountManager {
     }
 
     fn audit_key(w: &WrappedAccountKey) -> String {
-        if w.vault.contains('.') || w.vault.contains(':') {
+        if w.role == KeyRole::Customer {
             format!(
                 "https://{}/keys/{}/{}",
                 w.vault, w.wrapped.key_name, w.wrapped.key_version
@@ -860,11 +861,7 @@ impl AccountManager {
                     .wrap_verified(policy, &pk.provider, &pk.name, None, pk.algorithm, key)
                     .await?;
                 Ok((
-                    WrappedAccountKey {
-                        key_id: key_id.to_owned(),
-                        vault: pk.label.to_owned(),
-                        wrapped: w,
-                    },
+                    WrappedAccountKey::new(key_id, pk.role, pk.role.as_str(), w),
                     KeySource::Platform,
                 ))
             }
@@ -882,11 +879,7 @@ impl AccountManager {
                         key,
                     )
                     .await?;
-                let wrapped = WrappedAccountKey {
-                    key_id: key_id.to_owned(),
-                    vault: kid.vault().to_owned(),
-                    wrapped: w,
-                };
+                let wrapped = WrappedAccountKey::new(key_id, KeyRole::Customer, kid.vault(), w);
                 self.emit(
                     id,
                     Some(identity),
@@ -915,11 +908,7 @@ impl AccountManager {
         let w = self
             .wrap_verified(policy, &pk.provider, &pk.name, None, pk.algorithm, key)
             .await?;
-        Ok(WrappedAccountKey {
-            key_id,
-            vault: pk.label.to_owned(),
-            wrapped: w,
-        })
+        Ok(WrappedAccountKey::new(&key_id, pk.role, pk.role.as_str(), w))
     }
 
     /// Creates an account: generates its account key (and platform-class and second-layer
@@ -1008,6 +997,7 @@ impl AccountManager {
             double_encryption: double,
             chosen_classes: spec.chosen_classes.clone(),
             revision: 1,
+            epoch: 1,
             created: now,
             updated: now,
             last_rotated: None,
@@ -1384,21 +1374,10 @@ impl AccountManager {
         let version = key
             .version()
             .ok_or_else(|| Error::InvalidInput("name a key version".into()))?;
-        Ok(self
-            .inner
+        self.inner
             .store
-            .list()
-            .await?
-            .into_iter()
-            .filter(|r| {
-                r.account_key.as_ref().is_some_and(|w| {
-                    w.vault == key.vault()
-                        && w.wrapped.key_name == key.name()
-                        && w.wrapped.key_version == version
-                })
-            })
-            .map(|r| r.id)
-            .collect())
+            .accounts_using(key.vault(), key.name(), version)
+            .await
     }
 
     /// Drops the in-process view of `id` so the next call reloads it from the store (after

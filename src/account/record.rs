@@ -11,7 +11,10 @@ use crate::key_id::KeyId;
 use crate::provider::{Identity, WrappedKey};
 
 /// The version of the record format written by this crate.
-pub const RECORD_FORMAT: u32 = 1;
+///
+/// Version 2 adds [`AccountRecord::epoch`] and [`WrappedAccountKey::role`]; version-1 records
+/// still load (epoch 0, the role derived from the old `platform` / `infrastructure` names).
+pub const RECORD_FORMAT: u32 = 2;
 
 /// An account (tenant resource) identifier: 1 to 64 of `a-z A-Z 0-9 - _ .`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -167,15 +170,91 @@ impl core::fmt::Display for StateKind {
     }
 }
 
+/// Whose key wraps an account-level key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum KeyRole {
+    /// A tenant's customer key, in the vault named by [`WrappedAccountKey::vault`].
+    Customer,
+    /// The service's platform key.
+    Platform,
+    /// The service's infrastructure key (second layer of double encryption).
+    Infrastructure,
+}
+
+impl KeyRole {
+    /// The role's name as audit events and stores print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Platform => "platform",
+            Self::Infrastructure => "infrastructure",
+        }
+    }
+}
+
 /// An account-level AES key wrapped by a vault key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "WrappedAccountKeyRepr")]
+#[non_exhaustive]
 pub struct WrappedAccountKey {
     /// The account-level key's own id (stable across re-wraps; objects name it).
     pub key_id: String,
-    /// The vault host of the wrapping key, or `platform` / `infrastructure`.
+    /// Whose key wraps it. Decides what a revocation locks: only [`KeyRole::Customer`]
+    /// wrappings follow the tenant's key.
+    pub role: KeyRole,
+    /// The vault host of a customer key (as [`KeyId::vault`] gives it); the service key's role
+    /// name otherwise (informational only: [`role`](Self::role) is what the crate reads).
     pub vault: String,
     /// The wrapped bytes with the exact wrapping key version and algorithm.
     pub wrapped: WrappedKey,
+}
+
+impl WrappedAccountKey {
+    /// A wrapping of the account-level key `key_id` by a key in `role`.
+    pub fn new(key_id: &str, role: KeyRole, vault: &str, wrapped: WrappedKey) -> Self {
+        Self {
+            key_id: key_id.to_owned(),
+            role,
+            vault: vault.to_owned(),
+            wrapped,
+        }
+    }
+
+    /// Whether this is a customer-key wrapping by key `name` at `version` in `vault`.
+    pub fn is_customer_key(&self, vault: &str, name: &str, version: &str) -> bool {
+        self.role == KeyRole::Customer
+            && self.vault == vault
+            && self.wrapped.key_name == name
+            && self.wrapped.key_version == version
+    }
+}
+
+/// The serialised form, which also reads format-1 records (no `role`: derived from the
+/// sentinel vault names those records used).
+#[derive(Deserialize)]
+struct WrappedAccountKeyRepr {
+    key_id: String,
+    #[serde(default)]
+    role: Option<KeyRole>,
+    vault: String,
+    wrapped: WrappedKey,
+}
+
+impl From<WrappedAccountKeyRepr> for WrappedAccountKey {
+    fn from(r: WrappedAccountKeyRepr) -> Self {
+        let role = r.role.unwrap_or(match r.vault.as_str() {
+            "platform" => KeyRole::Platform,
+            "infrastructure" => KeyRole::Infrastructure,
+            _ => KeyRole::Customer,
+        });
+        Self {
+            key_id: r.key_id,
+            role,
+            vault: r.vault,
+            wrapped: r.wrapped,
+        }
+    }
 }
 
 /// The persistent record of one account. The application stores it where it likes (see
@@ -211,13 +290,20 @@ pub struct AccountRecord {
     pub chosen_classes: BTreeSet<DataClass>,
     /// Revision for optimistic concurrency; every update increments it.
     pub revision: u64,
+    /// The state epoch: incremented by every committed change of the state or of the account
+    /// key's wrapping (not by other updates). An observation of the customer key (a probe,
+    /// an unwrap) is committed only against the epoch it began under, so a result computed
+    /// before another replica's state change can never overwrite it.
+    #[serde(default)]
+    pub epoch: u64,
     /// Creation time.
     pub created: SystemTime,
     /// Last update.
     pub updated: SystemTime,
     /// Last time the account key was re-wrapped under another key or version.
     pub last_rotated: Option<SystemTime>,
-    /// Last probe of the key source.
+    /// Last probe of the key source (by any replica). Stores may update it without a
+    /// revision change ([`crate::AccountStore::record_probe`]), so probes cause no conflicts.
     pub last_probed: Option<SystemTime>,
 }
 
