@@ -24,7 +24,8 @@ pub use crate::account::store::{
     AccountStore, ChangeListener, InMemoryAccountStore, KeyResolver, StoreChange, VaultDirectory,
 };
 pub use crate::account::{
-    AccountManager, AccountManagerBuilder, MonitorEntry, NewAccount, PlatformKey,
+    AccountManager, AccountManagerBuilder, DEFAULT_FAILURE_WINDOW, DEFAULT_MONITOR_CONCURRENCY,
+    DEFAULT_RECORD_MAX_AGE, MonitorEntry, NewAccount, PlatformKey,
 };
 pub use crate::audit::{
     AuditAction, AuditEvent, AuditOutcome, AuditSink, MemoryAuditSink, TracingAuditSink,

@@ -222,6 +222,9 @@ async fn transient_failures_never_change_the_state() {
         StateKind::Active
     );
     w.faults.restore();
+    // A transient failure is shared for the failure window (one provider call per outage
+    // attempt, not one per caller); past it the provider is asked again.
+    w.clock.advance(byok::DEFAULT_FAILURE_WINDOW);
     assert_eq!(
         w.manager.decrypt(&id, b"o", &obj).await.expect("back"),
         b"data"

@@ -2,11 +2,13 @@
 
 use std::io::{Read, Seek, Write};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use super::live::Live;
 use super::policy::{DataClass, Operation};
-use super::record::AccountId;
-use super::{AccountManager, Slot, read};
-use crate::envelope::{Envelope, OpenReader, PreparedKey, SealWriter, inspect};
+use super::record::{AccountId, WrappedAccountKey};
+use super::{AccountManager, Slot};
+use crate::envelope::{Envelope, HeaderInfo, OpenReader, PreparedKey, SealWriter, inspect};
 use crate::error::Error;
 
 /// The unwrapped keys for one object: the layer-1 account-level key and, for double
@@ -41,79 +43,36 @@ impl ObjectKeys {
     }
 }
 
-impl AccountManager {
-    /// Which account-level key protects `class`: the account key follows the key source,
-    /// except for classes that always stay under platform keys and optional classes that
-    /// were not chosen at creation.
-    async fn slot_for_class(&self, id: &AccountId, class: &DataClass) -> Result<Slot, Error> {
-        let h = self.handle(id).await?;
-        let live = read(&h);
-        let p = &live.record.policy;
-        let platform = p.platform_only_classes.contains(class)
-            || (p.optional_classes.contains(class) && !live.record.chosen_classes.contains(class));
-        Ok(if platform {
-            Slot::PlatformClass
-        } else {
-            Slot::Account
-        })
-    }
+/// What a data operation needs keys for.
+#[derive(Clone, Copy)]
+enum Want<'a> {
+    /// A new object of this class.
+    Write(&'a DataClass),
+    /// The object with this header.
+    Read(&'a HeaderInfo),
+}
 
-    async fn keys(
-        &self,
-        id: &AccountId,
-        slot: Slot,
-        op: Operation,
-        layer2: bool,
-    ) -> Result<ObjectKeys, Error> {
-        let layer1 = self.key_for(id, slot, op).await?.prepared;
-        let layer2 = if layer2 {
-            Some(self.key_for(id, Slot::Infrastructure, op).await?.prepared)
-        } else {
-            None
-        };
-        Ok(ObjectKeys { layer1, layer2 })
-    }
-
-    async fn double(&self, id: &AccountId) -> Result<bool, Error> {
-        Ok(read(&self.handle(id).await?).record.double_encryption)
-    }
-
-    /// The keys to write a new object of `class` (for [`Envelope::seal_writer`]). Checks the
-    /// state gate for [`Operation::DataWrite`].
-    ///
-    /// # Errors
-    /// As [`encrypt`](Self::encrypt).
-    pub async fn keys_for_writing(
-        &self,
-        id: &AccountId,
-        class: &DataClass,
-    ) -> Result<ObjectKeys, Error> {
-        let slot = self.slot_for_class(id, class).await?;
-        let double = self.double(id).await?;
-        self.keys(id, slot, Operation::DataWrite, double).await
-    }
-
-    /// The keys to read the object whose header is `header` (at least the header's bytes; see
-    /// [`crate::inspect_reader`] for streams). Checks the state gate for
-    /// [`Operation::DataRead`].
-    ///
-    /// # Errors
-    /// [`Error::Decryption`] if the header names another account or an unknown key; otherwise
-    /// as [`decrypt`](Self::decrypt).
-    pub async fn keys_for_reading(
-        &self,
-        id: &AccountId,
-        header: &crate::HeaderInfo,
-    ) -> Result<ObjectKeys, Error> {
-        let (slot, layer2) = {
-            let h = self.handle(id).await?;
-            let live = read(&h);
-            let rec = &live.record;
-            self.gate(rec, Operation::DataRead)?;
+/// The gate's operation, the layer-1 slot and whether layer 2 is needed — decided from the
+/// record under one read lock.
+fn plan(live: &Live, want: Want<'_>) -> Result<(Operation, Slot, bool), Error> {
+    let rec = &live.record;
+    let (op, slot, layer2) = match want {
+        Want::Write(class) => {
+            let p = &rec.policy;
+            let platform = p.platform_only_classes.contains(class)
+                || (p.optional_classes.contains(class) && !rec.chosen_classes.contains(class));
+            let slot = if platform {
+                Slot::PlatformClass
+            } else {
+                Slot::Account
+            };
+            (Operation::DataWrite, slot, rec.double_encryption)
+        }
+        Want::Read(header) => {
             if header.account_id != rec.id.as_str() {
                 return Err(Error::Decryption);
             }
-            let matches = |w: &Option<super::record::WrappedAccountKey>| {
+            let matches = |w: &Option<WrappedAccountKey>| {
                 w.as_ref()
                     .is_some_and(|w| w.key_id == header.account_key.id)
             };
@@ -122,6 +81,7 @@ impl AccountManager {
             } else if matches(&rec.platform_class_key) {
                 Slot::PlatformClass
             } else {
+                live.gate(Operation::DataRead, None)?;
                 return Err(Error::Decryption);
             };
             let layer2 = match &header.layer2_key {
@@ -139,9 +99,99 @@ impl AccountManager {
                 }
                 Some(_) => return Err(Error::Decryption),
             };
-            (slot, layer2)
+            (Operation::DataRead, slot, layer2)
+        }
+    };
+    live.gate(op, Some(slot))?;
+    Ok((op, slot, layer2))
+}
+
+impl AccountManager {
+    /// The keys for one object. The hot path takes no lock for writing, makes no system call
+    /// and no store or provider call: a clock reading, the record copy's deadline (an atomic),
+    /// and the cached keys under a read lock. Revocation drops the cache (and revokes the
+    /// handles), so a cached key is always one the state allows.
+    async fn object_keys(&self, id: &AccountId, want: Want<'_>) -> Result<ObjectKeys, Error> {
+        let now = self.now_ns();
+        {
+            let cells = self.inner.cells.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(cell) = cells.get(id)
+                && now < cell.valid_until.load(Ordering::Acquire)
+            {
+                let live = cell.read();
+                if let Ok((_, slot, layer2)) = plan(&live, want)
+                    && let Some(k1) = live.cached(slot, now)
+                {
+                    let k2 = if layer2 {
+                        live.cached(Slot::Infrastructure, now)
+                    } else {
+                        None
+                    };
+                    if !layer2 || k2.is_some() {
+                        return Ok(ObjectKeys {
+                            layer1: Arc::clone(&k1.prepared),
+                            layer2: k2.map(|k| Arc::clone(&k.prepared)),
+                        });
+                    }
+                }
+            }
+        }
+        let cell = self.fresh_cell(id).await?;
+        let planned = plan(&cell.read(), want);
+        let (op, slot, layer2) = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                let op = match want {
+                    Want::Write(_) => Operation::DataWrite,
+                    Want::Read(_) => Operation::DataRead,
+                };
+                return Err(self
+                    .audit_denial(&cell, op, Err(e))
+                    .err()
+                    .unwrap_or(Error::Decryption));
+            }
         };
-        self.keys(id, slot, Operation::DataRead, layer2).await
+        let layer1 = self.slot_key(&cell, slot, op).await?.prepared;
+        let layer2 = if layer2 {
+            Some(
+                self.slot_key(&cell, Slot::Infrastructure, op)
+                    .await?
+                    .prepared,
+            )
+        } else {
+            None
+        };
+        Ok(ObjectKeys { layer1, layer2 })
+    }
+
+    /// The keys to write a new object of `class` (for [`Envelope::seal_writer`]). Checks the
+    /// state gate for [`Operation::DataWrite`]. The keys stop working (every seal and chunk
+    /// fails) when the account's key is revoked or the account deleted.
+    ///
+    /// # Errors
+    /// As [`encrypt`](Self::encrypt).
+    pub async fn keys_for_writing(
+        &self,
+        id: &AccountId,
+        class: &DataClass,
+    ) -> Result<ObjectKeys, Error> {
+        self.object_keys(id, Want::Write(class)).await
+    }
+
+    /// The keys to read the object whose header is `header` (at least the header's bytes; see
+    /// [`crate::inspect_reader`] for streams). Checks the state gate for
+    /// [`Operation::DataRead`]; like [`keys_for_writing`](Self::keys_for_writing) they stop
+    /// working on revocation.
+    ///
+    /// # Errors
+    /// [`Error::Decryption`] if the header names another account or an unknown key; otherwise
+    /// as [`decrypt`](Self::decrypt).
+    pub async fn keys_for_reading(
+        &self,
+        id: &AccountId,
+        header: &crate::HeaderInfo,
+    ) -> Result<ObjectKeys, Error> {
+        self.object_keys(id, Want::Read(header)).await
     }
 
     /// Encrypts one object of `class` for the account, bound to `context` (object name,
@@ -234,9 +284,8 @@ impl AccountManager {
         field_context: &[u8],
         value: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        self.key_for(id, Slot::Account, Operation::MetadataWrite)
+        self.field_key(id, Operation::MetadataWrite)
             .await?
-            .prepared
             .seal_field(field_context, value)
     }
 
@@ -251,10 +300,17 @@ impl AccountManager {
         field_context: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        self.key_for(id, Slot::Account, Operation::MetadataRead)
+        self.field_key(id, Operation::MetadataRead)
             .await?
-            .prepared
             .open_field(field_context, sealed)
+    }
+
+    /// The account key for sealed fields, after the gate for `op`.
+    async fn field_key(&self, id: &AccountId, op: Operation) -> Result<Arc<PreparedKey>, Error> {
+        let cell = self.fresh_cell(id).await?;
+        let gate = cell.read().gate(op, Some(Slot::Account));
+        self.audit_denial(&cell, op, gate)?;
+        Ok(self.slot_key(&cell, Slot::Account, op).await?.prepared)
     }
 }
 

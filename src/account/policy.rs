@@ -123,6 +123,14 @@ pub struct Policy {
     pub optional_classes: BTreeSet<DataClass>,
     /// Data classes that always stay under platform keys, whatever the account's key source.
     pub platform_only_classes: BTreeSet<DataClass>,
+    /// Whether data of classes *not* under the customer key (platform-only classes, optional
+    /// classes not chosen at creation) stays readable and writable while the customer key is
+    /// inaccessible. Storage: yes ("all data operations that are not listed … may proceed";
+    /// queue and table data not chosen at creation are not under the customer key). Content
+    /// Safety / AI services, Video Analyzer, Media Services: no (revoking "blocks access to
+    /// all data"; a lost key disables the account). Default: no.
+    #[serde(default)]
+    pub platform_classes_survive_revocation: bool,
     /// Whether accounts get the second encryption layer.
     pub double_encryption: DoubleEncryption,
     /// How long an unwrapped account key may be served from cache while the provider is
@@ -161,6 +169,7 @@ impl Policy {
             allowed_while_inaccessible: set(&ACCOUNT_OPS),
             optional_classes: BTreeSet::new(),
             platform_only_classes: BTreeSet::new(),
+            platform_classes_survive_revocation: false,
             double_encryption: DoubleEncryption::Optional,
             cache_max_age: Duration::from_secs(300),
         })
@@ -206,6 +215,7 @@ impl Policy {
                 Operation::DataList,
             ])
             .optional_classes(&["queue", "table"])
+            .platform_classes_survive_revocation(true)
             .build()
     }
 
@@ -302,6 +312,11 @@ impl PolicyBuilder {
     /// Classes that always stay under platform keys.
     pub fn platform_only_classes(mut self, classes: &[&str]) -> Self {
         self.0.platform_only_classes = classes.iter().map(|c| DataClass::new(*c)).collect();
+        self
+    }
+    /// Whether classes outside the customer key stay available while it is inaccessible.
+    pub fn platform_classes_survive_revocation(mut self, on: bool) -> Self {
+        self.0.platform_classes_survive_revocation = on;
         self
     }
     /// Double encryption setting.

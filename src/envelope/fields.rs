@@ -33,6 +33,7 @@ impl PreparedKey {
     /// # Errors
     /// [`Error::InvalidInput`] if `value` is longer than [`MAX_FIELD_LEN`].
     pub fn seal_field(&self, field_context: &[u8], value: &[u8]) -> Result<Vec<u8>, Error> {
+        self.check_live()?;
         if value.len() > MAX_FIELD_LEN {
             return Err(Error::InvalidInput(format!(
                 "a sealed field holds at most {MAX_FIELD_LEN} bytes, got {}",
@@ -61,6 +62,7 @@ impl PreparedKey {
     /// [`Error::Decryption`] if the value was sealed for another field, account or key version,
     /// or was altered or truncated in any way.
     pub fn open_field(&self, field_context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        self.check_live()?;
         if sealed.len() < FIELD_HEADER_LEN + GCM_TAG_LEN || sealed[0] != FIELD_V1 {
             return Err(Error::Decryption);
         }

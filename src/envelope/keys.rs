@@ -1,7 +1,8 @@
 //! Account keys as this layer receives them, and their prepared (scheduled) form.
 
 use core::fmt;
-use std::sync::{Mutex, TryLockError};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use zeroize::Zeroize;
 
@@ -80,6 +81,49 @@ pub struct PreparedKey {
     pub(crate) kek: Kek,
     pub(crate) fields: Gcm,
     ahead: Mutex<DataKeys>,
+    liveness: Liveness,
+}
+
+/// Why a key handle stopped working.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Revoked {
+    /// The account's customer key became inaccessible.
+    KeyInaccessible = 1,
+    /// The account was deleted.
+    Deleted = 2,
+}
+
+/// A revocation flag shared by a [`PreparedKey`] and every stream started from it: the account
+/// layer sets it when the account's key is revoked or the account deleted, and every seal,
+/// open and chunk checks it (one atomic load).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Liveness {
+    account_id: Arc<str>,
+    flag: Arc<AtomicU8>,
+}
+
+impl Liveness {
+    /// `Ok` while the key is live.
+    ///
+    /// # Errors
+    /// [`Error::KeyInaccessible`] after a revocation, [`Error::AccountNotFound`] after a
+    /// deletion.
+    #[inline]
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        match self.flag.load(Ordering::Acquire) {
+            0 => Ok(()),
+            2 => Err(Error::AccountNotFound(self.account_id.to_string())),
+            _ => Err(Error::KeyInaccessible {
+                account: self.account_id.to_string(),
+                reason: "the key handle was revoked: the customer key became inaccessible".into(),
+            }),
+        }
+    }
+
+    fn revoke(&self, why: Revoked) {
+        // Deletion is final: a later revocation does not turn it back into KeyInaccessible.
+        self.flag.fetch_max(why as u8, Ordering::AcqRel);
+    }
 }
 
 /// How many data keys are generated and wrapped at once.
@@ -150,7 +194,30 @@ impl PreparedKey {
                 keys: [[0; 32]; DATA_KEY_BATCH],
                 wrapped: [[0; WRAPPED_LEN]; DATA_KEY_BATCH],
             }),
+            liveness: Liveness {
+                account_id: Arc::from(account_id),
+                flag: Arc::new(AtomicU8::new(0)),
+            },
         })
+    }
+
+    /// Stops this key (and every stream started from it) from sealing or opening anything
+    /// more: called by the account layer on revocation and deletion.
+    pub(crate) fn revoke(&self, why: Revoked) {
+        self.liveness.revoke(why);
+    }
+
+    /// `Ok` while the key has not been revoked by its account.
+    ///
+    /// # Errors
+    /// As [`Liveness::check`].
+    #[inline]
+    pub(crate) fn check_live(&self) -> Result<(), Error> {
+        self.liveness.check()
+    }
+
+    pub(crate) fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     /// A fresh data key for a new object, and the key wrapped under this account key.

@@ -24,6 +24,7 @@ use std::ops::Range;
 pub use fields::{MAX_FIELD_LEN, field_key_version};
 pub use format::{FormatError, HeaderInfo, LayerKeyInfo, MAX_HEADER_LEN};
 pub use keys::{AccountKey, PreparedKey};
+pub(crate) use keys::{Liveness, Revoked};
 pub use stream::{OpenReader, SealWriter};
 
 use format::{DEFAULT_CHUNK_EXP, Header, LayerFields, MAX_CHUNK_EXP, MIN_CHUNK_EXP};
@@ -183,6 +184,7 @@ impl<'k> Envelope<'k> {
     /// # Errors
     /// [`Error::InvalidInput`] if the object would exceed 2^32 chunks.
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        self.check_live()?;
         let chunk = self.chunk_size();
         let chunks = plaintext.len().div_ceil(chunk).max(1);
         if chunks - 1 > u32::MAX as usize {
@@ -221,7 +223,24 @@ impl<'k> Envelope<'k> {
         header: &Header<'_>,
         context: &[u8],
     ) -> Result<(LayerKey, Option<LayerKey>), Error> {
+        self.check_live()?;
         recover_keys(header, self.layer1, self.layer2, context)
+    }
+
+    /// `Ok` unless the account layer revoked one of the keys (see [`PreparedKey`]).
+    fn check_live(&self) -> Result<(), Error> {
+        self.layer1.check_live()?;
+        match self.layer2 {
+            Some(k) => k.check_live(),
+            None => Ok(()),
+        }
+    }
+
+    /// The revocation flags every stream of this envelope checks per chunk.
+    fn liveness(&self) -> Vec<Liveness> {
+        let mut v = vec![self.layer1.liveness().clone()];
+        v.extend(self.layer2.map(|k| k.liveness().clone()));
+        v
     }
 
     /// Opens an object sealed with `context`. Returns the plaintext only if every chunk
@@ -264,8 +283,9 @@ impl<'k> Envelope<'k> {
     /// # Errors
     /// Any error of `inner` while writing the header.
     pub fn seal_writer<W: Write>(&self, context: &[u8], inner: W) -> io::Result<SealWriter<W>> {
+        self.check_live().map_err(io_err)?;
         let mut header = Vec::with_capacity(self.header_len());
-        let ciphers = LayerCiphers::new(&self.begin(context, &mut header));
+        let ciphers = LayerCiphers::new(&self.begin(context, &mut header), self.liveness());
         SealWriter::start(inner, header, ciphers, self.chunk_size())
     }
 
@@ -279,7 +299,10 @@ impl<'k> Envelope<'k> {
         let header = read_header(&mut inner)?;
         let parsed = format::parse(&header).map_err(|_| io_err(Error::Decryption))?;
         let chunk_size = 1usize << parsed.chunk_exp;
-        let ciphers = LayerCiphers::new(&self.recover(&parsed, context).map_err(io_err)?);
+        let ciphers = LayerCiphers::new(
+            &self.recover(&parsed, context).map_err(io_err)?,
+            self.liveness(),
+        );
         Ok(OpenReader::start(inner, header, ciphers, chunk_size))
     }
 
@@ -303,7 +326,10 @@ impl<'k> Envelope<'k> {
         let base = src.stream_position()?;
         let header = read_header(&mut src)?;
         let parsed = format::parse(&header).map_err(|_| io_err(Error::Decryption))?;
-        let owned = LayerCiphers::new(&self.recover(&parsed, context).map_err(io_err)?);
+        let owned = LayerCiphers::new(
+            &self.recover(&parsed, context).map_err(io_err)?,
+            self.liveness(),
+        );
         let ciphers = owned.view();
         let end = src.seek(SeekFrom::End(0))?;
         let body_start = base + header.len() as u64;
@@ -330,6 +356,7 @@ impl<'k> Envelope<'k> {
             buf.clear();
             buf.resize(len as usize, 0);
             read_exact_or(&mut src, &mut buf, Error::Decryption)?;
+            owned.check_live().map_err(io_err)?;
             ciphers
                 .open_chunk(i as u32, last, &header, &mut buf, 0)
                 .map_err(io_err)?;

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use subtle::ConstantTimeEq;
 
 use super::format::{COMMIT_LEN, FIXED_LEN, Header, LayerFields, WRAPPED_LEN};
-use super::keys::PreparedKey;
+use super::keys::{Liveness, PreparedKey};
 use crate::crypto::{GCM_NONCE_LEN, GCM_TAG_LEN, Gcm, sha256_parts};
 use crate::error::Error;
 use crate::secret::AesKey;
@@ -141,14 +141,22 @@ pub(crate) fn recover_keys(
 pub(crate) struct LayerCiphers {
     l1: LayerCipher,
     l2: Option<LayerCipher>,
+    /// The revocation flags of the account keys these ciphers came from.
+    live: Vec<Liveness>,
 }
 
 impl LayerCiphers {
-    pub(crate) fn new((k1, k2): &(LayerKey, Option<LayerKey>)) -> Self {
+    pub(crate) fn new((k1, k2): &(LayerKey, Option<LayerKey>), live: Vec<Liveness>) -> Self {
         Self {
             l1: LayerCipher::new(&k1.0, &k1.1),
             l2: k2.as_ref().map(|k| LayerCipher::new(&k.0, &k.1)),
+            live,
         }
+    }
+
+    /// `Ok` unless an account key these ciphers came from was revoked (checked per chunk).
+    pub(crate) fn check_live(&self) -> Result<(), Error> {
+        self.live.iter().try_for_each(Liveness::check)
     }
 
     pub(crate) fn view(&self) -> Ciphers<'_> {
@@ -352,6 +360,7 @@ impl<W: Write> SealWriter<W> {
                 "object too large: more than 2^32 chunks".into(),
             ))
         })?;
+        self.ciphers.check_live().map_err(io_err)?;
         self.poisoned = true;
         let h = self.header_len;
         self.ciphers
@@ -481,6 +490,7 @@ impl<R: Read> OpenReader<R> {
             }
         };
         let index = u32::try_from(self.index).map_err(|_| io_err(Error::Decryption))?;
+        self.ciphers.check_live().map_err(io_err)?;
         // Only the first chunk of an empty object may be empty.
         if last && index > 0 && self.buf.len() <= self.ciphers.view().overhead() {
             return Err(io_err(Error::Decryption));

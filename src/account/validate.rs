@@ -1,0 +1,214 @@
+//! Validation of customer keys against a policy, and wrapping an account-level key under a
+//! key source with proof (the wrapping is unwrapped before anything uses it).
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+use super::policy::Policy;
+use super::record::{AccountId, KeyRole, KeySource, WrappedAccountKey};
+use super::{AccountManager, Slot};
+use crate::audit::{AuditAction, AuditOutcome};
+use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
+use crate::key_id::KeyId;
+use crate::provider::{Identity, KeyProperties, KeyProvider, KeyType, WrapAlgorithm, WrappedKey};
+use crate::secret::AesKey;
+
+/// Who a key is being configured for (the parts of an account that validation needs).
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) id: &'a AccountId,
+    pub(crate) policy: &'a Policy,
+    pub(crate) region: &'a str,
+    pub(crate) tenant: &'a str,
+}
+
+impl AccountManager {
+    /// Validates a customer key against `policy` and the account's region and tenant, and
+    /// returns its provider and (latest or pinned) properties.
+    pub(crate) async fn validate_customer_key(
+        &self,
+        policy: &Policy,
+        region: &str,
+        tenant: &str,
+        key: &KeyId,
+        identity: &Identity,
+    ) -> Result<(Arc<dyn KeyProvider>, Option<KeyProperties>), Error> {
+        let violation = |v| Error::Policy {
+            policy: policy.name.clone(),
+            violation: v,
+        };
+        let provider = self.inner.resolver.provider(key.vault(), identity).await?;
+        let vp = provider.vault_properties().await?;
+        if policy.require_soft_delete && !vp.soft_delete {
+            return Err(violation(PolicyViolation::SoftDeleteRequired));
+        }
+        if policy.require_purge_protection && !vp.purge_protection {
+            return Err(violation(PolicyViolation::PurgeProtectionRequired));
+        }
+        if policy.require_same_region && !vp.region.eq_ignore_ascii_case(region) {
+            return Err(violation(PolicyViolation::RegionMismatch {
+                vault: vp.region.clone(),
+                account: region.to_owned(),
+            }));
+        }
+        if policy.require_same_tenant && vp.tenant != tenant {
+            return Err(violation(PolicyViolation::TenantMismatch {
+                vault: vp.tenant.clone(),
+                account: tenant.to_owned(),
+            }));
+        }
+        if !policy.required_permissions.get {
+            return Ok((provider, None));
+        }
+        let props = match provider.key_properties(key.name(), key.version()).await {
+            Err(e) if e.kind() == ProviderErrorKind::Forbidden => {
+                return Err(violation(PolicyViolation::MissingPermission("get")));
+            }
+            other => other?,
+        };
+        match props.key_type {
+            KeyType::Rsa { bits } if policy.allowed_rsa_bits.contains(&bits) => {}
+            KeyType::Rsa { bits } => {
+                return Err(violation(PolicyViolation::KeySize {
+                    bits,
+                    allowed: policy.allowed_rsa_bits.iter().copied().collect(),
+                }));
+            }
+            ref other => {
+                return Err(violation(PolicyViolation::KeyType {
+                    found: other.to_string(),
+                }));
+            }
+        }
+        if !props.enabled {
+            return Err(ProviderError::new(
+                ProviderErrorKind::KeyDisabled,
+                format!(
+                    "version {} of key {} is disabled",
+                    props.version, props.name
+                ),
+            )
+            .into());
+        }
+        Ok((provider, Some(props)))
+    }
+
+    /// Wraps `key` with (`provider`, name, version) and proves the wrapping by unwrapping it
+    /// before anything uses it. Permission failures become policy violations naming the
+    /// permission.
+    pub(crate) async fn wrap_verified(
+        &self,
+        policy: &Policy,
+        provider: &Arc<dyn KeyProvider>,
+        name: &str,
+        version: Option<&str>,
+        algorithm: WrapAlgorithm,
+        key: &AesKey,
+    ) -> Result<WrappedKey, Error> {
+        let violation = |v| Error::Policy {
+            policy: policy.name.clone(),
+            violation: v,
+        };
+        let w = match provider
+            .wrap_key(name, version, algorithm, key.expose_secret())
+            .await
+        {
+            Err(e) if e.kind() == ProviderErrorKind::Forbidden => {
+                return Err(violation(PolicyViolation::MissingPermission("wrapKey")));
+            }
+            other => other?,
+        };
+        let back = match provider.unwrap_key(&w).await {
+            Err(e) if e.kind() == ProviderErrorKind::Forbidden => {
+                return Err(violation(PolicyViolation::MissingPermission("unwrapKey")));
+            }
+            other => other?,
+        };
+        if !bool::from(back.expose_secret().ct_eq(key.expose_secret())) {
+            return Err(ProviderError::new(
+                ProviderErrorKind::UnwrapFailed,
+                "the provider's new wrapping did not unwrap to the account key",
+            )
+            .into());
+        }
+        Ok(w)
+    }
+
+    /// Wraps `key` under the account's key source; returns the wrapping and the source to
+    /// record (a versionless key is pinned when the policy does not follow the latest version).
+    pub(crate) async fn wrap_under_source(
+        &self,
+        acct: Ctx<'_>,
+        source: &KeySource,
+        key: &AesKey,
+        key_id: &str,
+    ) -> Result<(WrappedAccountKey, KeySource), Error> {
+        let Ctx {
+            id,
+            policy,
+            region,
+            tenant,
+        } = acct;
+        match source {
+            KeySource::Platform => {
+                let pk = &self.inner.platform;
+                let w = self
+                    .wrap_verified(policy, &pk.provider, &pk.name, None, pk.algorithm, key)
+                    .await?;
+                Ok((
+                    WrappedAccountKey::new(key_id, pk.role, pk.role.as_str(), w),
+                    KeySource::Platform,
+                ))
+            }
+            KeySource::Customer { key: kid, identity } => {
+                let (provider, _props) = self
+                    .validate_customer_key(policy, region, tenant, kid, identity)
+                    .await?;
+                let w = self
+                    .wrap_verified(
+                        policy,
+                        &provider,
+                        kid.name(),
+                        kid.version(),
+                        self.inner.customer_algorithm,
+                        key,
+                    )
+                    .await?;
+                let wrapped = WrappedAccountKey::new(key_id, KeyRole::Customer, kid.vault(), w);
+                self.emit(
+                    id,
+                    Some(identity),
+                    Some(Self::audit_key(&wrapped)),
+                    AuditAction::Wrap,
+                    AuditOutcome::Success,
+                );
+                let recorded = if kid.version().is_none() && !policy.follow_latest_version {
+                    kid.with_version(&wrapped.wrapped.key_version)?
+                } else {
+                    kid.clone()
+                };
+                Ok((wrapped, KeySource::customer(recorded, identity.clone())))
+            }
+        }
+    }
+
+    pub(crate) async fn wrap_platform(
+        &self,
+        policy: &Policy,
+        slot: Slot,
+        key: &AesKey,
+        key_id: String,
+    ) -> Result<WrappedAccountKey, Error> {
+        let pk = self.platform_for(slot)?;
+        let w = self
+            .wrap_verified(policy, &pk.provider, &pk.name, None, pk.algorithm, key)
+            .await?;
+        Ok(WrappedAccountKey::new(
+            &key_id,
+            pk.role,
+            pk.role.as_str(),
+            w,
+        ))
+    }
+}
