@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use byok::{
-    AccountId, AccountManager, FaultInjector, Identity, InMemoryVault, KeyId, KeySpec, ManualClock,
-    MemoryAuditSink, NewAccount, Permissions, PlatformKey, Policy, ProviderOp, VaultAdmin,
-    VaultDirectory, VaultProperties, WrapAlgorithm,
+    AccountId, AccountManager, FaultInjector, Identity, InMemoryAccountStore, InMemoryVault, KeyId,
+    KeySpec, ManualClock, MemoryAuditSink, NewAccount, Permissions, PlatformKey, Policy,
+    ProviderOp, VaultAdmin, VaultDirectory, VaultProperties, WrapAlgorithm,
 };
 
 pub const HOST: &str = "contoso.vault.example";
@@ -24,6 +24,10 @@ pub struct World {
     pub identity: Identity,
     /// Wraps the service identity's provider on the tenant vault.
     pub faults: FaultInjector,
+    /// The store every manager of this world shares.
+    pub store: Arc<InMemoryAccountStore>,
+    pub platform_key: PlatformKey,
+    pub infra_key: PlatformKey,
 }
 
 pub fn vault(
@@ -75,22 +79,23 @@ impl World {
         directory.override_provider(HOST, &identity, Arc::new(faults.clone()));
 
         let audit = Arc::new(MemoryAuditSink::new());
-        let manager = AccountManager::builder(
-            PlatformKey::new(
-                Arc::new(platform.provider(&service)),
-                "platform-kek",
-                WrapAlgorithm::A256Kw,
-            ),
-            directory.clone(),
-        )
-        .infrastructure_key(PlatformKey::new(
+        let platform_key = PlatformKey::new(
+            Arc::new(platform.provider(&service)),
+            "platform-kek",
+            WrapAlgorithm::A256Kw,
+        );
+        let infra_key = PlatformKey::new(
             Arc::new(infra.provider(&service)),
             "infra-kek",
             WrapAlgorithm::A256Kw,
-        ))
-        .audit(audit.clone())
-        .clock(clock.clone())
-        .build();
+        );
+        let store = Arc::new(InMemoryAccountStore::new());
+        let manager = AccountManager::builder(platform_key.clone(), directory.clone())
+            .infrastructure_key(infra_key.clone())
+            .store(store.clone())
+            .audit(audit.clone())
+            .clock(clock.clone())
+            .build();
         World {
             clock,
             vault: tenant,
@@ -99,7 +104,30 @@ impl World {
             manager,
             identity,
             faults,
+            store,
+            platform_key,
+            infra_key,
         }
+    }
+
+    /// A builder for another replica: same keys, clock and audit sink; `store` and `resolver`
+    /// as given (the world's own for the usual case).
+    pub fn replica_builder(
+        &self,
+        store: Arc<dyn byok::AccountStore>,
+        resolver: Arc<dyn byok::KeyResolver>,
+    ) -> byok::AccountManagerBuilder {
+        AccountManager::builder(self.platform_key.clone(), resolver)
+            .infrastructure_key(self.infra_key.clone())
+            .store(store)
+            .audit(self.audit.clone())
+            .clock(self.clock.clone())
+    }
+
+    /// Another replica over the world's store and directory.
+    pub fn replica(&self) -> AccountManager {
+        self.replica_builder(self.store.clone(), self.directory.clone())
+            .build()
     }
 
     /// Creates an RSA key of `bits` in the tenant vault and returns its versionless id.
