@@ -8,7 +8,9 @@ use super::live::Live;
 use super::policy::{DataClass, Operation};
 use super::record::{AccountId, WrappedAccountKey};
 use super::{AccountManager, Slot};
-use crate::envelope::{Envelope, HeaderInfo, OpenReader, PreparedKey, SealWriter, inspect};
+use crate::envelope::{
+    Envelope, HeaderInfo, OpenReader, ParsedHeader, PreparedKey, SealWriter, parse_header,
+};
 use crate::error::Error;
 
 /// The unwrapped keys for one object: the layer-1 account-level key and, for double
@@ -48,8 +50,32 @@ impl ObjectKeys {
 enum Want<'a> {
     /// A new object of this class.
     Write(&'a DataClass),
-    /// The object with this header.
-    Read(&'a HeaderInfo),
+    /// The object whose header names these keys.
+    Read {
+        account_id: &'a str,
+        key_id: &'a str,
+        layer2_key_id: Option<&'a str>,
+    },
+}
+
+impl<'a> From<&'a HeaderInfo> for Want<'a> {
+    fn from(h: &'a HeaderInfo) -> Self {
+        Want::Read {
+            account_id: &h.account_id,
+            key_id: &h.account_key.id,
+            layer2_key_id: h.layer2_key.as_ref().map(|k| k.id.as_str()),
+        }
+    }
+}
+
+impl<'a> From<&'a ParsedHeader<'a>> for Want<'a> {
+    fn from(h: &'a ParsedHeader<'a>) -> Self {
+        Want::Read {
+            account_id: h.account_id,
+            key_id: h.layer1.key_id,
+            layer2_key_id: h.layer2.as_ref().map(|k| k.key_id),
+        }
+    }
 }
 
 /// The gate's operation, the layer-1 slot and whether layer 2 is needed — decided from the
@@ -68,14 +94,16 @@ fn plan(live: &Live, want: Want<'_>) -> Result<(Operation, Slot, bool), Error> {
             };
             (Operation::DataWrite, slot, rec.double_encryption)
         }
-        Want::Read(header) => {
-            if header.account_id != rec.id.as_str() {
+        Want::Read {
+            account_id,
+            key_id,
+            layer2_key_id,
+        } => {
+            if account_id != rec.id.as_str() {
                 return Err(Error::Decryption);
             }
-            let matches = |w: &Option<WrappedAccountKey>| {
-                w.as_ref()
-                    .is_some_and(|w| w.key_id == header.account_key.id)
-            };
+            let matches =
+                |w: &Option<WrappedAccountKey>| w.as_ref().is_some_and(|w| w.key_id == key_id);
             let slot = if matches(&rec.account_key) {
                 Slot::Account
             } else if matches(&rec.platform_class_key) {
@@ -84,7 +112,7 @@ fn plan(live: &Live, want: Want<'_>) -> Result<(Operation, Slot, bool), Error> {
                 live.gate(Operation::DataRead, None)?;
                 return Err(Error::Decryption);
             };
-            let layer2 = match &header.layer2_key {
+            let layer2 = match layer2_key_id {
                 // An account with double encryption never wrote a single-layer object: one
                 // that claims to be is refused (no downgrade by an insider holding layer 1).
                 None if rec.double_encryption => return Err(Error::Decryption),
@@ -93,7 +121,7 @@ fn plan(live: &Live, want: Want<'_>) -> Result<(Operation, Slot, bool), Error> {
                     if rec
                         .infrastructure_key
                         .as_ref()
-                        .is_some_and(|w| w.key_id == l2.id) =>
+                        .is_some_and(|w| w.key_id == l2) =>
                 {
                     true
                 }
@@ -143,7 +171,7 @@ impl AccountManager {
             Err(e) => {
                 let op = match want {
                     Want::Write(_) => Operation::DataWrite,
-                    Want::Read(_) => Operation::DataRead,
+                    Want::Read { .. } => Operation::DataRead,
                 };
                 return Err(self
                     .audit_denial(&cell, op, Err(e))
@@ -191,7 +219,7 @@ impl AccountManager {
         id: &AccountId,
         header: &crate::HeaderInfo,
     ) -> Result<ObjectKeys, Error> {
-        self.object_keys(id, Want::Read(header)).await
+        self.object_keys(id, Want::from(header)).await
     }
 
     /// Encrypts one object of `class` for the account, bound to `context` (object name,
@@ -226,11 +254,11 @@ impl AccountManager {
         context: &[u8],
         object: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        let header = inspect(object).map_err(|_| Error::Decryption)?;
-        self.keys_for_reading(id, &header)
+        let header = parse_header(object).map_err(|_| Error::Decryption)?;
+        self.object_keys(id, Want::from(&header))
             .await?
             .envelope()?
-            .open(context, object)
+            .open_parsed(context, object, &header)
     }
 
     /// A streaming writer for a new object of `class` into `sink` (memory bounded by about

@@ -73,14 +73,16 @@ const FIELD_KDF_SALT: &[u8] = b"byok sealed fields v1";
 /// New objects' data keys are generated and wrapped eight at a time, their AES key wraps
 /// interleaved; the batch lives in this value, each key is wiped from it as it is used, and the
 /// rest when the value is dropped. A batch made by another process (a `fork` parent) is never
-/// used. Keep one `PreparedKey` per account key and share it (`Arc`) rather than rebuilding it.
+/// used. Threads are spread over four batches (each on its own cache lines), so threads sealing
+/// on one account rarely meet. Keep one `PreparedKey` per account key and share it (`Arc`)
+/// rather than rebuilding it.
 pub struct PreparedKey {
     account_id: String,
     key_id: String,
     key_version: u32,
     pub(crate) kek: Kek,
     pub(crate) fields: Gcm,
-    ahead: Mutex<DataKeys>,
+    ahead: [Shard; SHARDS],
     liveness: Liveness,
 }
 
@@ -128,6 +130,35 @@ impl Liveness {
 
 /// How many data keys are generated and wrapped at once.
 const DATA_KEY_BATCH: usize = 8;
+
+/// Batches per prepared key: threads are spread over them (by a per-thread index), so threads
+/// sealing on one account do not contend for one batch.
+const SHARDS: usize = 4;
+
+/// One batch on its own cache lines (no false sharing between threads).
+#[repr(align(128))]
+struct Shard(Mutex<DataKeys>);
+
+impl Shard {
+    fn new() -> Self {
+        Self(Mutex::new(DataKeys {
+            pid: 0,
+            left: 0,
+            keys: [[0; 32]; DATA_KEY_BATCH],
+            wrapped: [[0; WRAPPED_LEN]; DATA_KEY_BATCH],
+        }))
+    }
+}
+
+/// This thread's batch index (threads numbered in order of first use, round robin).
+fn shard() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
 
 /// Fresh data keys, already wrapped, for the next objects sealed under one account key.
 struct DataKeys {
@@ -188,12 +219,7 @@ impl PreparedKey {
             key_version: key.version,
             kek: Kek::new(&key.key),
             fields: Gcm::new(&field_key),
-            ahead: Mutex::new(DataKeys {
-                pid: 0,
-                left: 0,
-                keys: [[0; 32]; DATA_KEY_BATCH],
-                wrapped: [[0; WRAPPED_LEN]; DATA_KEY_BATCH],
-            }),
+            ahead: std::array::from_fn(|_| Shard::new()),
             liveness: Liveness {
                 account_id: Arc::from(account_id),
                 flag: Arc::new(AtomicU8::new(0)),
@@ -230,11 +256,12 @@ impl PreparedKey {
     /// here, not even in a child forked while another thread held the batch.
     pub(crate) fn data_key(&self) -> (AesKey, [u8; WRAPPED_LEN]) {
         let pid = std::process::id();
-        let mut ahead = match self.ahead.try_lock() {
+        let batch = &self.ahead[shard()].0;
+        let mut ahead = match batch.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(poisoned)) => {
                 // A panic (the OS RNG failing) interrupted a refill: start a new batch.
-                self.ahead.clear_poison();
+                batch.clear_poison();
                 let mut guard = poisoned.into_inner();
                 guard.left = 0;
                 guard
@@ -306,7 +333,7 @@ mod tests {
             let pair = key.data_key();
             assert_pair(&key, &pair);
             assert!(seen.insert(*pair.0.expose_secret()), "key {n} repeated");
-            let ahead = key.ahead.lock().unwrap();
+            let ahead = key.ahead[shard()].0.lock().unwrap();
             assert_eq!(ahead.left, DATA_KEY_BATCH - 1 - n % DATA_KEY_BATCH);
             // Handed-out keys are no longer in memory; the unused ones are.
             for (i, k) in ahead.keys.iter().enumerate() {
@@ -320,7 +347,7 @@ mod tests {
         let key = prepared();
         let _ = key.data_key();
         let next = {
-            let mut ahead = key.ahead.lock().unwrap();
+            let mut ahead = key.ahead[shard()].0.lock().unwrap();
             // As a forked child sees its parent's batch: same keys, another pid.
             ahead.pid = ahead.pid.wrapping_add(1);
             ahead.keys[..ahead.left].to_vec()
@@ -328,7 +355,7 @@ mod tests {
         let pair = key.data_key();
         assert_pair(&key, &pair);
         assert!(!next.contains(pair.0.expose_secret()));
-        let ahead = key.ahead.lock().unwrap();
+        let ahead = key.ahead[shard()].0.lock().unwrap();
         assert_eq!(ahead.pid, std::process::id());
         assert_eq!(ahead.left, DATA_KEY_BATCH - 1);
     }
@@ -337,10 +364,10 @@ mod tests {
     fn a_busy_or_poisoned_batch_still_gives_fresh_keys() {
         let key = prepared();
         let first = key.data_key();
-        let before = key.ahead.lock().unwrap().keys;
+        let before = key.ahead[shard()].0.lock().unwrap().keys;
         {
-            // Another thread holds the batch: the caller gets a key of its own.
-            let _held = key.ahead.lock().unwrap();
+            // Other threads hold every batch: the caller gets a key of its own.
+            let _held: Vec<_> = key.ahead.iter().map(|b| b.0.lock().unwrap()).collect();
             std::thread::scope(|s| {
                 let pair = s.spawn(|| key.data_key()).join().unwrap();
                 assert_pair(&key, &pair);
@@ -348,22 +375,29 @@ mod tests {
                 assert_ne!(pair.0.expose_secret(), first.0.expose_secret());
             });
         }
-        assert_eq!(key.ahead.lock().unwrap().keys, before, "batch untouched");
+        assert_eq!(
+            key.ahead[shard()].0.lock().unwrap().keys,
+            before,
+            "batch untouched"
+        );
 
         // A panic while holding the batch poisons it; the next call starts a new batch.
         let r = std::thread::scope(|s| {
             s.spawn(|| {
-                let _g = key.ahead.lock().unwrap();
+                let _g: Vec<_> = key.ahead.iter().map(|b| b.0.lock().unwrap()).collect();
                 panic!("poison");
             })
             .join()
         });
-        assert!(r.is_err() && key.ahead.is_poisoned());
+        assert!(r.is_err() && key.ahead[shard()].0.is_poisoned());
         let pair = key.data_key();
         assert_pair(&key, &pair);
         assert!(!before.contains(pair.0.expose_secret()));
-        assert!(!key.ahead.is_poisoned());
-        assert_eq!(key.ahead.lock().unwrap().left, DATA_KEY_BATCH - 1);
+        assert!(!key.ahead[shard()].0.is_poisoned());
+        assert_eq!(
+            key.ahead[shard()].0.lock().unwrap().left,
+            DATA_KEY_BATCH - 1
+        );
     }
 
     #[test]

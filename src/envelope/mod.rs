@@ -23,6 +23,7 @@ use std::ops::Range;
 
 pub use fields::{MAX_FIELD_LEN, field_key_version};
 pub use format::{FormatError, HeaderInfo, LayerKeyInfo, MAX_HEADER_LEN};
+pub(crate) use format::{Header as ParsedHeader, parse as parse_header};
 pub use keys::{AccountKey, PreparedKey};
 pub(crate) use keys::{Liveness, Revoked};
 pub use stream::{OpenReader, SealWriter};
@@ -253,7 +254,17 @@ impl<'k> Envelope<'k> {
     /// object needs).
     pub fn open(&self, context: &[u8], object: &[u8]) -> Result<Vec<u8>, Error> {
         let header = format::parse(object).map_err(|_| Error::Decryption)?;
-        let (k1, k2) = self.recover(&header, context)?;
+        self.open_parsed(context, object, &header)
+    }
+
+    /// [`open`](Self::open) with the header already parsed from `object`.
+    pub(crate) fn open_parsed(
+        &self,
+        context: &[u8],
+        object: &[u8],
+        header: &Header<'_>,
+    ) -> Result<Vec<u8>, Error> {
+        let (k1, k2) = self.recover(header, context)?;
         let l1 = LayerCipher::new(&k1.0, &k1.1);
         let l2 = k2.as_ref().map(|k| LayerCipher::new(&k.0, &k.1));
         let ciphers = Ciphers {
