@@ -237,6 +237,31 @@ async fn a_probe_that_began_before_a_revocation_does_not_undo_it() {
 }
 
 #[tokio::test]
+async fn a_restore_probe_overtaken_by_a_newer_failure_does_not_restore() {
+    let w = World::new().await;
+    let id = cmk_account(&w, &w.manager, "overtaken", Policy::video_analyzer()).await;
+    w.faults.cut(ProviderErrorKind::Forbidden);
+    assert!(inaccessible(w.manager.check(&id).await));
+    // Access comes back; a probe starts and its unwrap succeeds, but the answer is late.
+    w.faults.restore();
+    let hooks = gate(&w);
+    hooks.park_next_unwrap();
+    let first = tokio::spawn({
+        let (m, id) = (w.manager.clone(), id.clone());
+        async move { m.check(&id).await }
+    });
+    hooks.parked.notified().await;
+    // Access is cut again, and a newer probe sees it before the first one answers.
+    w.faults.cut(ProviderErrorKind::Forbidden);
+    assert!(inaccessible(w.manager.check(&id).await));
+    hooks.release.notify_one();
+    let late = first.await.expect("task");
+    assert!(inaccessible(late.as_ref()), "{late:?}");
+    assert_eq!(stored_state(&w, &id).await, StateKind::KeyInaccessible);
+    assert!(!restored_to_active(&w));
+}
+
+#[tokio::test]
 async fn a_monitor_in_flight_does_not_undo_what_a_data_operation_observed() {
     let w = World::new().await;
     let id = cmk_account(&w, &w.manager, "stale-monitor", Policy::video_analyzer()).await;

@@ -124,7 +124,9 @@ impl AccountManager {
                     return Failed::Error(Error::AccountNotFound(cell.id.to_string()));
                 }
                 StateKind::KeyInaccessible if live.observed.is_none() => {
-                    // Already persisted; nothing new was learned.
+                    // Already persisted. Still an observation: a probe that began before it
+                    // may not restore on its strength.
+                    cell.bump();
                     return Failed::Error(inaccessible());
                 }
                 _ => {}

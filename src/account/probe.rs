@@ -89,7 +89,10 @@ impl AccountManager {
                 Ok(keys) => {
                     self.fill_cache(&cell, &begun, Slot::Account, &keys);
                     let state = self.observe_success(&cell, &begun).await?;
-                    self.inner.store.record_probe(id, self.now()).await?;
+                    // The probe time is informational: a store hiccup here fails nothing.
+                    if let Err(e) = self.inner.store.record_probe(id, self.now()).await {
+                        tracing::warn!(account = %id, error = %e, "could not record the probe time");
+                    }
                     return Ok(state);
                 }
                 Err(e) => match self.on_failure(&cell, &begun, Slot::Account, e).await {
