@@ -273,3 +273,97 @@ impl AccountManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::account::policy::Policy;
+    use crate::account::record::AccountId;
+    use crate::account::store::VaultDirectory;
+    use crate::account::{NewAccount, PlatformKey};
+    use crate::provider::memory::InMemoryVault;
+    use crate::provider::{
+        Identity, KeySpec, Permissions, VaultAdmin, VaultProperties, WrapAlgorithm,
+    };
+
+    async fn manager() -> AccountManager {
+        let v = InMemoryVault::new(VaultProperties::new("platform.internal", "r", "op"));
+        v.create_key("kek", KeySpec::Aes256).await.expect("key");
+        let id = Identity::new("svc");
+        v.set_access(&id, Permissions::CMK).await.expect("grant");
+        AccountManager::builder(
+            PlatformKey::new(Arc::new(v.provider(&id)), "kek", WrapAlgorithm::A256Kw),
+            Arc::new(VaultDirectory::new()),
+        )
+        .build()
+    }
+
+    #[tokio::test]
+    async fn commits_enforce_the_transition_table_and_bump_the_epoch() {
+        let m = manager().await;
+        let id = AccountId::new("t").expect("id");
+        let created = m
+            .create_account(NewAccount::new(
+                id.clone(),
+                "r",
+                "t",
+                Policy::builder("p").build(),
+            ))
+            .await
+            .expect("create");
+        let cell = m.cell(&id).await.expect("cell");
+        // A change of neither state nor wrapping keeps the epoch.
+        let same = m
+            .commit(&cell, |r| {
+                r.region = "r2".into();
+                Ok(())
+            })
+            .await
+            .expect("commit");
+        assert_eq!(same.epoch, created.epoch);
+        assert_eq!(same.revision, created.revision + 1);
+        let revoked = m
+            .commit(&cell, |r| {
+                r.state = AccountState::KeyInaccessible {
+                    reason: "test".into(),
+                    since: std::time::SystemTime::UNIX_EPOCH,
+                };
+                Ok(())
+            })
+            .await
+            .expect("Active -> KeyInaccessible");
+        assert_eq!(revoked.epoch, created.epoch + 1);
+        m.delete_account(&id).await.expect("delete");
+        for to in [
+            AccountState::Active,
+            AccountState::KeyInaccessible {
+                reason: "x".into(),
+                since: std::time::SystemTime::UNIX_EPOCH,
+            },
+        ] {
+            let r = m
+                .commit(&cell, |r| {
+                    r.state = to.clone();
+                    Ok(())
+                })
+                .await;
+            assert!(
+                matches!(r, Err(Error::Conflict(_))),
+                "Deleted -> {to:?}: {r:?}"
+            );
+        }
+        assert_eq!(
+            m.inner
+                .store
+                .get(&id)
+                .await
+                .expect("get")
+                .expect("rec")
+                .state
+                .kind(),
+            StateKind::Deleted
+        );
+    }
+}
