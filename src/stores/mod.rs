@@ -20,7 +20,7 @@ pub(crate) use columns::Columns;
 mod columns {
     use std::time::SystemTime;
 
-    use crate::account::record::{AccountRecord, AccountState, KeyRole};
+    use crate::account::record::{AccountRecord, AccountState};
     use crate::error::Error;
 
     /// The queried columns of one row, derived from a record.
@@ -67,7 +67,7 @@ mod columns {
                 epoch: int(r.epoch, "epoch")?,
                 state,
                 deleted_at,
-                key_role: key.map(|k| role_name(k.role)),
+                key_role: key.map(|k| k.role.as_str()),
                 key_vault: key.map(|k| k.vault.as_str()),
                 key_name: key.map(|k| k.wrapped.key_name.as_str()),
                 key_version: key.map(|k| k.wrapped.key_version.as_str()),
@@ -75,10 +75,6 @@ mod columns {
                 record,
             })
         }
-    }
-
-    fn role_name(role: KeyRole) -> &'static str {
-        role.as_str()
     }
 
     /// Parses a row's record and sets its probe stamp from the column (`column`, which may be

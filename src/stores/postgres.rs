@@ -684,9 +684,11 @@ async fn listen(
                                 driver_tx.send(Msg::Notify(g, n.payload().to_owned()))
                             }
                             Some(Ok(_)) => Ok(()),
+                            // Both are terminal: poll no more.
                             Some(Err(e)) => {
                                 tracing::debug!("byok account listener connection: {e}");
-                                Ok(())
+                                let _ = driver_tx.send(Msg::Closed(g));
+                                return;
                             }
                             None => {
                                 let _ = driver_tx.send(Msg::Closed(g));

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
@@ -68,6 +68,17 @@ impl fmt::Debug for SqliteAccountStore {
     }
 }
 
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Maps a SQLite error to [`Error::Store`], keeping it as the source.
 fn lite(what: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
     move |e| Error::store(format!("{what}: {e}"), e)
@@ -121,10 +132,18 @@ impl SqliteAccountStore {
         let conn = blocking(move || {
             let what = "opening the database";
             let mut conn = Connection::open(&p).map_err(lite(what))?;
-            conn.busy_timeout(Duration::from_secs(5))
-                .map_err(lite(what))?;
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(lite(what))?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(lite(what))?;
+            // Switching to WAL takes the database lock without waiting on the busy handler:
+            // retry while another connection (another process opening the file) holds it.
+            let deadline = Instant::now() + BUSY_TIMEOUT;
+            loop {
+                match conn.pragma_update(None, "journal_mode", "WAL") {
+                    Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    r => break r.map_err(lite(what))?,
+                }
+            }
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(lite(what))?;
             migrate(&mut conn)?;
