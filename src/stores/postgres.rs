@@ -755,3 +755,49 @@ async fn listen(
         delay = (delay * 2).min(options.reconnect_max);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse_or_become_unknown() {
+        assert_eq!(
+            parse_payload("12 acct-1"),
+            StoreChange::Account {
+                id: AccountId::new("acct-1").expect("id"),
+                revision: 12
+            }
+        );
+        for bad in ["", "12", "x acct-1", "-1 acct-1", "3 bad id", "3 ", " acct"] {
+            assert_eq!(parse_payload(bad), StoreChange::Unknown, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn micros_truncates_to_whole_microseconds() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(
+            micros(t),
+            UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_000)
+        );
+        assert_eq!(micros(micros(t)), micros(t));
+    }
+
+    #[test]
+    fn options_setters() {
+        let o = PostgresStoreOptions::new()
+            .timeout(Duration::from_secs(1))
+            .max_connections(0)
+            .notifications(false)
+            .listen_url("host=db")
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(10))
+            .health_check(Duration::from_secs(3));
+        assert_eq!(o.timeout, Duration::from_secs(1));
+        assert_eq!(o.max_connections, 1);
+        assert!(!o.notifications);
+        assert_eq!(o.listen_url.as_deref(), Some("host=db"));
+        assert_eq!(o.reconnect_max, Duration::from_millis(100));
+        assert_eq!(o.health_check, Duration::from_secs(3));
+    }
+}
