@@ -908,12 +908,7 @@ impl AccountManager {
         let w = self
             .wrap_verified(policy, &pk.provider, &pk.name, None, pk.algorithm, key)
             .await?;
-        Ok(WrappedAccountKey::new(
-            &key_id,
-            pk.role,
-            pk.role.as_str(),
-            w,
-        ))
+        Ok(WrappedAccountKey::new(&key_id, pk.role, pk.role.as_str(), w))
     }
 
     /// Creates an account: generates its account key (and platform-class and second-layer

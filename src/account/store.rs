@@ -163,8 +163,7 @@ pub struct InMemoryAccountStore {
 
 impl fmt::Debug for InMemoryAccountStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InMemoryAccountStore")
-            .finish_non_exhaustive()
+        f.debug_struct("InMemoryAccountStore").finish_non_exhaustive()
     }
 }
 
