@@ -11,6 +11,7 @@ mod error;
 mod key_id;
 mod provider;
 mod secret;
+mod stores;
 mod util;
 
 // The public interface is:
@@ -54,10 +55,22 @@ pub use crate::provider::{
     Permissions, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
 };
 pub use crate::secret::{AES_256_KEY_LEN, AesKey, SecretBytes, SecretString};
+#[cfg(feature = "postgres")]
+pub use crate::stores::postgres::{PostgresAccountStore, PostgresStoreOptions};
+#[cfg(feature = "sqlite")]
+pub use crate::stores::sqlite::SqliteAccountStore;
 
 /// The provider conformance suite (feature `testing`): run it against your own
 /// [`KeyProvider`] + [`VaultAdmin`] to check it behaves like every bundled provider.
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance {
     pub use crate::provider::conformance::{ConformanceReport, Outcome, run};
+}
+
+/// The account store conformance suite (feature `testing`): run it against your own
+/// [`AccountStore`] to check it behaves like every bundled store.
+#[cfg(any(test, feature = "testing"))]
+pub mod store_conformance {
+    pub use crate::provider::conformance::Outcome;
+    pub use crate::stores::conformance::{StoreConformanceReport, run};
 }

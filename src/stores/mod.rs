@@ -1,0 +1,108 @@
+//! Database-backed [`AccountStore`](crate::AccountStore)s (PostgreSQL, SQLite) and the store
+//! conformance suite. See `docs/STORES.md`.
+//!
+//! Both databases keep one row per account: the whole record as JSON, plus the columns the
+//! store queries (revision for compare-and-swap, the customer-key wrapping for
+//! `accounts_using`, the tombstone time for purges, the probe stamp that changes without a
+//! revision).
+
+#[cfg(any(test, feature = "testing"))]
+pub(crate) mod conformance;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) use columns::Columns;
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod columns {
+    use std::time::SystemTime;
+
+    use crate::account::record::{AccountRecord, AccountState};
+    use crate::error::Error;
+
+    /// The queried columns of one row, derived from a record.
+    pub(crate) struct Columns<'a> {
+        pub(crate) id: &'a str,
+        pub(crate) revision: i64,
+        pub(crate) epoch: i64,
+        pub(crate) state: &'static str,
+        pub(crate) deleted_at: Option<SystemTime>,
+        pub(crate) key_role: Option<&'static str>,
+        pub(crate) key_vault: Option<&'a str>,
+        pub(crate) key_name: Option<&'a str>,
+        pub(crate) key_version: Option<&'a str>,
+        pub(crate) last_probed: Option<SystemTime>,
+        pub(crate) record: String,
+    }
+
+    /// The `state` column's values.
+    pub(crate) const STATE_DELETED: &str = "deleted";
+
+    impl<'a> Columns<'a> {
+        /// # Errors
+        /// [`Error::InvalidInput`] for a revision or epoch beyond `i64::MAX`; [`Error::Store`]
+        /// if the record does not serialise.
+        pub(crate) fn of(r: &'a AccountRecord) -> Result<Self, Error> {
+            let int = |v: u64, what: &str| {
+                i64::try_from(v).map_err(|_| {
+                    Error::InvalidInput(format!("account {}: {what} {v} is out of range", r.id))
+                })
+            };
+            let (state, deleted_at) = match &r.state {
+                AccountState::Active => ("active", None),
+                AccountState::KeyInaccessible { .. } => ("key_inaccessible", None),
+                AccountState::Deleted { at } => (STATE_DELETED, Some(*at)),
+            };
+            // Tombstones never match `accounts_using`, whatever they hold.
+            let key = r.account_key.as_ref().filter(|_| deleted_at.is_none());
+            let record = serde_json::to_string(r).map_err(|e| {
+                Error::store(format!("account {}: serialising the record: {e}", r.id), e)
+            })?;
+            Ok(Self {
+                id: r.id.as_str(),
+                revision: int(r.revision, "revision")?,
+                epoch: int(r.epoch, "epoch")?,
+                state,
+                deleted_at,
+                key_role: key.map(|k| k.role.as_str()),
+                key_vault: key.map(|k| k.vault.as_str()),
+                key_name: key.map(|k| k.wrapped.key_name.as_str()),
+                key_version: key.map(|k| k.wrapped.key_version.as_str()),
+                last_probed: r.last_probed,
+                record,
+            })
+        }
+    }
+
+    /// Parses a row's record and sets its probe stamp from the column (`column`, which may be
+    /// coarser than the record's own stamp: the later of the two wins, comparing at the
+    /// column's precision `grain`).
+    ///
+    /// # Errors
+    /// [`Error::Store`] for a row that does not parse.
+    pub(crate) fn record_from_row(
+        id_hint: &str,
+        json: &str,
+        column: Option<SystemTime>,
+        grain: fn(SystemTime) -> SystemTime,
+    ) -> Result<AccountRecord, Error> {
+        let mut r: AccountRecord = serde_json::from_str(json).map_err(|e| {
+            Error::store(
+                format!("account {id_hint}: unreadable stored record: {e}"),
+                e,
+            )
+        })?;
+        r.last_probed = match (r.last_probed, column) {
+            (Some(own), Some(col)) if col > grain(own) => Some(col),
+            (Some(own), _) => Some(own),
+            (None, col) => col,
+        };
+        Ok(r)
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) use columns::{STATE_DELETED, record_from_row};
