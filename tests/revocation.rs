@@ -151,6 +151,14 @@ impl AccountStore for Quiet {
         self.updates.fetch_add(1, Ordering::SeqCst);
         self.inner.update(record).await
     }
+    async fn update_unless_probed_after(
+        &self,
+        record: &AccountRecord,
+        after: SystemTime,
+    ) -> Result<(), Error> {
+        self.updates.fetch_add(1, Ordering::SeqCst);
+        self.inner.update_unless_probed_after(record, after).await
+    }
     async fn record_probe(&self, id: &AccountId, at: SystemTime) -> Result<(), Error> {
         self.inner.record_probe(id, at).await
     }
@@ -372,6 +380,24 @@ impl AccountStore for Meddling {
         self.inner.create(record).await
     }
     async fn update(&self, record: &AccountRecord) -> Result<(), Error> {
+        self.meddle(record).await?;
+        self.inner.update(record).await
+    }
+    async fn update_unless_probed_after(
+        &self,
+        record: &AccountRecord,
+        after: SystemTime,
+    ) -> Result<(), Error> {
+        self.meddle(record).await?;
+        self.inner.update_unless_probed_after(record, after).await
+    }
+    fn subscribe(&self, listener: std::sync::Weak<dyn ChangeListener>) -> bool {
+        self.inner.subscribe(listener)
+    }
+}
+
+impl Meddling {
+    async fn meddle(&self, record: &AccountRecord) -> Result<(), Error> {
         if record.state.kind() == StateKind::KeyInaccessible {
             if !self.meddled.swap(true, Ordering::SeqCst) {
                 // Another replica wrote an unrelated change first.
@@ -386,10 +412,7 @@ impl AccountStore for Meddling {
                 });
             }
         }
-        self.inner.update(record).await
-    }
-    fn subscribe(&self, listener: std::sync::Weak<dyn ChangeListener>) -> bool {
-        self.inner.subscribe(listener)
+        Ok(())
     }
 }
 

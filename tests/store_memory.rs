@@ -37,6 +37,13 @@ impl AccountStore for LastWriterWins {
         forced.revision = stored.revision + 1;
         self.0.update(&forced).await
     }
+    async fn update_unless_probed_after(
+        &self,
+        record: &AccountRecord,
+        _after: std::time::SystemTime,
+    ) -> Result<(), Error> {
+        self.update(record).await
+    }
     fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> bool {
         self.0.subscribe(listener)
     }
@@ -45,7 +52,11 @@ impl AccountStore for LastWriterWins {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_catches_lost_updates() {
     let report = store_conformance::run(&LastWriterWins::default()).await;
-    for name in ["update_compare_and_swap", "concurrent_writers_one_wins"] {
+    for name in [
+        "update_compare_and_swap",
+        "concurrent_writers_one_wins",
+        "update_guarded_by_probe_time",
+    ] {
         assert!(
             matches!(report.outcome(name), Some(Outcome::Failed(_))),
             "{name} should fail for a last-writer-wins store: {report:?}"

@@ -4,8 +4,9 @@
 //! of the customer key become state changes here, ordered by the epoch they began under.
 
 use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
-use super::live::{Cell, Observed, locked_slots};
+use super::live::{Cell, Learned, Observed, locked_slots};
 use super::record::{AccountRecord, AccountState, StateKind};
 use super::{ALL_SLOTS, AccountManager, Slot};
 use crate::envelope::Revoked;
@@ -16,6 +17,9 @@ use crate::error::{Error, ProviderError};
 pub(crate) struct Begun {
     pub(crate) generation: u64,
     pub(crate) record: AccountRecord,
+    /// The clock when it began: orders it against observations of other replicas that the
+    /// epoch cannot order (both began under the same epoch).
+    pub(crate) at: SystemTime,
 }
 
 /// How an observed failure ended.
@@ -34,11 +38,13 @@ pub(crate) fn stale() -> Error {
 
 impl AccountManager {
     /// What an operation starting now begins under.
-    pub(crate) fn begin(cell: &Cell) -> Begun {
+    pub(crate) fn begin(&self, cell: &Cell) -> Begun {
+        let at = self.now();
         let live = cell.read();
         Begun {
             generation: cell.generation(),
             record: live.record.clone(),
+            at,
         }
     }
 
@@ -53,6 +59,18 @@ impl AccountManager {
     pub(crate) async fn commit(
         &self,
         cell: &Cell,
+        change: impl Fn(&mut AccountRecord) -> Result<(), Error>,
+    ) -> Result<AccountRecord, Error> {
+        self.commit_guarded(cell, None, change).await
+    }
+
+    /// [`commit`](Self::commit); with `unless_probed_after`, the write is also refused (a
+    /// conflict) when a successful probe began after that time
+    /// ([`crate::AccountStore::update_unless_probed_after`]).
+    pub(crate) async fn commit_guarded(
+        &self,
+        cell: &Cell,
+        unless_probed_after: Option<SystemTime>,
         change: impl Fn(&mut AccountRecord) -> Result<(), Error>,
     ) -> Result<AccountRecord, Error> {
         for _ in 0..3 {
@@ -74,7 +92,11 @@ impl AccountManager {
             }
             next.revision = base.revision + 1;
             next.updated = self.now();
-            match self.inner.store.update(&next).await {
+            let written = match unless_probed_after {
+                None => self.inner.store.update(&next).await,
+                Some(t) => self.inner.store.update_unless_probed_after(&next, t).await,
+            };
+            match written {
                 Ok(()) => {
                     self.merge(cell, Some(next.clone()));
                     return Ok(next);
@@ -126,7 +148,12 @@ impl AccountManager {
                 StateKind::KeyInaccessible if live.observed.is_none() => {
                     // Already persisted. Still an observation: a probe that began before it
                     // may not restore on its strength.
-                    cell.bump();
+                    let generation = cell.bump();
+                    live.learned = Some(Learned {
+                        epoch: live.record.epoch,
+                        generation,
+                        observed: true,
+                    });
                     return Failed::Error(inaccessible());
                 }
                 _ => {}
@@ -184,15 +211,23 @@ impl AccountManager {
             }
             StateKind::Active => {}
         }
-        if current.account_key != failed_wrapping || epoch != begun.record.epoch {
+        // A successful probe that began after this operation (by any replica) supersedes it.
+        let superseded = |r: &AccountRecord| r.last_probed.is_some_and(|p| p > begun.at);
+        if current.account_key != failed_wrapping
+            || epoch != begun.record.epoch
+            || superseded(&current)
+        {
             clear_mine(cell);
             cell.invalidate();
             return Failed::Retry;
         }
         let since = self.now();
         let committed = self
-            .commit(cell, |r| {
-                if r.epoch != begun.record.epoch || r.account_key != failed_wrapping {
+            .commit_guarded(cell, Some(begun.at), |r| {
+                if r.epoch != begun.record.epoch
+                    || r.account_key != failed_wrapping
+                    || superseded(r)
+                {
                     return Err(stale());
                 }
                 r.state = AccountState::KeyInaccessible {
@@ -204,7 +239,17 @@ impl AccountManager {
             .await;
         match committed {
             Ok(rec) => {
-                clear_mine(cell);
+                {
+                    let mut live = cell.write();
+                    if live.observed.as_ref().is_some_and(|o| o.generation == mine) {
+                        live.observed = None;
+                    }
+                    live.learned = Some(Learned {
+                        epoch: rec.epoch,
+                        generation: mine,
+                        observed: true,
+                    });
+                }
                 self.emit_state_change(&rec, StateKind::Active, StateKind::KeyInaccessible);
                 Failed::Error(inaccessible())
             }
@@ -219,9 +264,13 @@ impl AccountManager {
     }
 
     /// A successful probe (get, wrap and unwrap on the exact wrapping) that began under
-    /// `begun`: restores `Active` if the account was `KeyInaccessible` — only if nothing was
-    /// observed since the probe began (in this process: the generation; in the fleet: the
-    /// epoch).
+    /// `begun`: stamps the probe time in the store (so a failure observed before the probe
+    /// began and persisted after it is found stale), re-reads the authority, and restores
+    /// `Active` if the account is `KeyInaccessible` because of a failure observed *before*
+    /// this probe began — never on the strength of a probe that began before a revocation.
+    ///
+    /// "Before" is this process's generation when it observed or learned the revocation, and
+    /// otherwise the revocation's `since` against the probe's start (clock).
     ///
     /// # Errors
     /// [`Error::KeyInaccessible`] when a newer observation says so; [`Error::AccountNotFound`];
@@ -237,23 +286,55 @@ impl AccountManager {
             live.gate(super::policy::Operation::DataRead, Some(Slot::Account))?;
             Ok(live.state().kind())
         };
-        if cell.generation() != begun.generation {
+        let newer_here = |cell: &Cell| {
+            cell.read()
+                .observed
+                .as_ref()
+                .is_some_and(|o| o.generation > begun.generation)
+        };
+        if newer_here(cell) {
             return current(cell);
         }
-        {
-            let mut live = cell.write();
-            // Anything observed in memory happened before this probe began.
-            live.observed = None;
+        if let Err(e) = self.inner.store.record_probe(&cell.id, begun.at).await {
+            tracing::warn!(account = %cell.id, error = %e, "could not record the probe time");
         }
-        let before = cell.read().record.state.kind();
-        match before {
-            StateKind::Deleted => return Err(Error::AccountNotFound(cell.id.to_string())),
-            StateKind::Active => return Ok(StateKind::Active),
-            StateKind::KeyInaccessible => {}
+        let stored = self.inner.store.get(&cell.id).await?;
+        self.merge(cell, stored);
+        if newer_here(cell) {
+            return current(cell);
+        }
+        let (record, learned) = {
+            let mut live = cell.write();
+            if live
+                .observed
+                .as_ref()
+                .is_some_and(|o| o.generation <= begun.generation)
+            {
+                live.observed = None;
+            }
+            (live.record.clone(), live.learned)
+        };
+        let since = match &record.state {
+            AccountState::Deleted { .. } => {
+                return Err(Error::AccountNotFound(cell.id.to_string()));
+            }
+            AccountState::Active => return Ok(StateKind::Active),
+            AccountState::KeyInaccessible { since, .. } => *since,
+        };
+        // Did this probe begin after the revocation? By this process's order where it knows
+        // it, by the clock otherwise (a revocation committed by another replica and learned
+        // only now).
+        let after_revocation = match learned {
+            Some(l) if l.epoch == record.epoch && l.generation <= begun.generation => true,
+            Some(l) if l.epoch == record.epoch && l.observed => false,
+            _ => since < begun.at,
+        };
+        if record.account_key != begun.record.account_key || !after_revocation {
+            return current(cell);
         }
         let committed = self
             .commit(cell, |r| {
-                if r.epoch != begun.record.epoch || r.account_key != begun.record.account_key {
+                if r.epoch != record.epoch || r.account_key != record.account_key {
                     return Err(stale());
                 }
                 r.state = AccountState::Active;

@@ -190,7 +190,7 @@ impl AccountManager {
                 flight,
                 result: None,
             };
-            let begun = Self::begin(cell);
+            let begun = self.begin(cell);
             let outcome = match self.unwrap_from_provider(&begun, slot).await {
                 Err(e) => Err(e),
                 Ok(Ok(keys)) => {

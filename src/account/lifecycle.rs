@@ -194,7 +194,7 @@ impl AccountManager {
     ) -> Result<AccountRecord, Error> {
         let mut retried = false;
         let (begun, keys) = loop {
-            let begun = Self::begin(cell);
+            let begun = self.begin(cell);
             if begun.record.state.kind() == StateKind::Deleted {
                 return Err(Error::AccountNotFound(cell.id.to_string()));
             }

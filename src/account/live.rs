@@ -49,6 +49,17 @@ pub(crate) struct Observed {
     pub(crate) generation: u64,
 }
 
+/// When this process learned of a `KeyInaccessible` record: a probe that began at or after
+/// `generation` began after the revocation, as far as this process can tell.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Learned {
+    /// The record's epoch.
+    pub(crate) epoch: u64,
+    pub(crate) generation: u64,
+    /// Observed here (a failure of the key), not only read from the store.
+    pub(crate) observed: bool,
+}
+
 /// A transient failure shared with callers that arrive shortly after it.
 pub(crate) struct Failure {
     pub(crate) until: u64,
@@ -62,7 +73,10 @@ pub(crate) struct Live {
     pub(crate) cache: [Option<Cached>; 3],
     pub(crate) flights: [Option<Arc<Flight<KeyResult>>>; 3],
     pub(crate) failed: [Option<Failure>; 3],
-    pub(crate) reload: Option<Arc<Flight<ReloadResult>>>,
+    /// The record re-read under way: its sequence number and flight.
+    pub(crate) reload: Option<(u64, Arc<Flight<ReloadResult>>)>,
+    /// What this process knows of the revocation in the record: see [`Learned`].
+    pub(crate) learned: Option<Learned>,
 }
 
 pub(crate) type KeyResult = Result<Unwrapped, Arc<Error>>;
@@ -159,10 +173,17 @@ pub(crate) struct Cell {
     pub(crate) hints: AtomicU64,
     /// Serialises this process's state-changing commits of the account.
     pub(crate) commits: AsyncLock,
+    /// Record re-reads started (their sequence numbers).
+    pub(crate) reloads: AtomicU64,
 }
 
 impl Cell {
     pub(crate) fn new(record: AccountRecord, valid_until: u64) -> Self {
+        let learned = (record.state.kind() == StateKind::KeyInaccessible).then_some(Learned {
+            epoch: record.epoch,
+            generation: 0,
+            observed: false,
+        });
         Self {
             id: record.id.clone(),
             live: RwLock::new(Live {
@@ -172,11 +193,13 @@ impl Cell {
                 flights: [None, None, None],
                 failed: [None, None, None],
                 reload: None,
+                learned,
             }),
             generation: AtomicU64::new(0),
             valid_until: AtomicU64::new(valid_until),
             hints: AtomicU64::new(0),
             commits: AsyncLock::default(),
+            reloads: AtomicU64::new(0),
         }
     }
 

@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use super::PlatformKey;
-use super::live::{Cell, Flight, copy_error, locked_slots, nanos, wrapped_of};
+use super::live::{Cell, Flight, Learned, copy_error, locked_slots, nanos, wrapped_of};
 use super::record::{
     AccountId, AccountRecord, AccountState, KeyRole, StateKind, WrappedAccountKey,
 };
@@ -47,6 +47,9 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) cells: RwLock<HashMap<AccountId, Arc<Cell>>>,
     hints: Arc<Hints>,
+    /// Every change hint received (for accounts without a cell too): a record read that began
+    /// before a hint is not trusted for a first load.
+    hints_seen: AtomicU64,
 }
 
 /// The entry point: creates accounts, configures their keys, runs the lifecycle and encrypts
@@ -184,6 +187,7 @@ impl AccountManagerBuilder {
             },
             cells: RwLock::new(HashMap::new()),
             hints: Arc::new(Hints(weak.clone())),
+            hints_seen: AtomicU64::new(0),
         });
         let listener: Arc<dyn ChangeListener> = inner.hints.clone();
         store.subscribe(Arc::downgrade(&listener));
@@ -200,6 +204,7 @@ impl ChangeListener for Hints {
         let Some(inner) = self.0.upgrade() else {
             return;
         };
+        inner.hints_seen.fetch_add(1, Ordering::AcqRel);
         let cells = inner.cells.read().unwrap_or_else(|p| p.into_inner());
         match change {
             StoreChange::Account { id, revision } => {
@@ -307,13 +312,20 @@ impl AccountManager {
         {
             return Ok(Arc::clone(c));
         }
+        let hints = self.inner.hints_seen.load(Ordering::Acquire);
+        let started = self.now_ns();
         let record = self
             .inner
             .store
             .get(id)
             .await?
             .ok_or_else(|| Error::AccountNotFound(id.to_string()))?;
-        let valid = self.after(self.now_ns(), self.inner.config.record_max_age);
+        // A hint that arrived during the read may concern this record: re-read before use.
+        let valid = if self.inner.hints_seen.load(Ordering::Acquire) == hints {
+            self.after(started, self.inner.config.record_max_age)
+        } else {
+            0
+        };
         let mut cells = self.inner.cells.write().unwrap_or_else(|p| p.into_inner());
         Ok(Arc::clone(
             cells
@@ -337,29 +349,39 @@ impl AccountManager {
         self.reload(cell).await
     }
 
-    /// Re-reads the record from the store (one read for all concurrent callers) and merges it.
+    /// Re-reads the record from the store and merges it. Concurrent callers share one read —
+    /// but only a read that began after they asked: a caller never acts on a read older than
+    /// its own request (so `record_max_age` zero means a read per operation).
     ///
     /// # Errors
     /// [`Error::Store`] if the store cannot be read (the account's state is unchanged).
     pub(crate) async fn reload(&self, cell: &Cell) -> Result<(), Error> {
+        let asked = cell.reloads.load(Ordering::Acquire);
         loop {
             let flight = {
                 let mut live = cell.write();
                 match &live.reload {
-                    Some(f) => Err(Arc::clone(f)),
+                    Some((seq, f)) => Err((*seq > asked, Arc::clone(f))),
                     None => {
+                        let seq = cell.reloads.fetch_add(1, Ordering::AcqRel) + 1;
                         let f = Flight::new();
-                        live.reload = Some(Arc::clone(&f));
+                        live.reload = Some((seq, Arc::clone(&f)));
                         Ok(f)
                     }
                 }
             };
             match flight {
-                Err(other) => match other.wait().await {
+                // A read that began after this caller asked: share its result.
+                Err((true, other)) => match other.wait().await {
                     Some(Ok(())) => return Ok(()),
                     Some(Err(e)) => return Err(copy_error(&e)),
                     None => continue,
                 },
+                // An older read: wait for it to end, then read again.
+                Err((false, older)) => {
+                    older.wait().await;
+                    continue;
+                }
                 Ok(flight) => {
                     let guard = ReloadGuard { cell, flight };
                     let hints = cell.hints.load(Ordering::Acquire);
@@ -430,8 +452,17 @@ impl AccountManager {
             }
         }
         if rewrapped || old.state.kind() != live.record.state.kind() {
-            cell.bump();
+            let generation = cell.bump();
             live.failed = [None, None, None];
+            if live.record.state.kind() == StateKind::KeyInaccessible
+                && live.learned.is_none_or(|l| l.epoch != live.record.epoch)
+            {
+                live.learned = Some(Learned {
+                    epoch: live.record.epoch,
+                    generation,
+                    observed: false,
+                });
+            }
         }
         if live
             .observed
@@ -483,7 +514,7 @@ impl Drop for ReloadGuard<'_> {
         if live
             .reload
             .as_ref()
-            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            .is_some_and(|(_, f)| Arc::ptr_eq(f, &self.flight))
         {
             live.reload = None;
         }

@@ -76,7 +76,7 @@ impl AccountManager {
         let cell = self.fresh_cell(id).await?;
         let mut retried = false;
         loop {
-            let begun = Self::begin(&cell);
+            let begun = self.begin(&cell);
             if begun.record.state.kind() == StateKind::Deleted {
                 return Err(Error::AccountNotFound(id.to_string()));
             }
@@ -88,12 +88,7 @@ impl AccountManager {
             match result {
                 Ok(keys) => {
                     self.fill_cache(&cell, &begun, Slot::Account, &keys);
-                    let state = self.observe_success(&cell, &begun).await?;
-                    // The probe time is informational: a store hiccup here fails nothing.
-                    if let Err(e) = self.inner.store.record_probe(id, self.now()).await {
-                        tracing::warn!(account = %id, error = %e, "could not record the probe time");
-                    }
-                    return Ok(state);
+                    return self.observe_success(&cell, &begun).await;
                 }
                 Err(e) => match self.on_failure(&cell, &begun, Slot::Account, e).await {
                     Failed::Error(e) => return Err(e),
@@ -118,7 +113,7 @@ impl AccountManager {
     pub async fn refresh(&self, id: &AccountId) -> Result<AccountRecord, Error> {
         self.check(id).await?;
         let cell = self.cell(id).await?;
-        let begun = Self::begin(&cell);
+        let begun = self.begin(&cell);
         let rec = &begun.record;
         if let (KeySource::Customer { key, identity }, Some(w)) =
             (&rec.key_source, &rec.account_key)

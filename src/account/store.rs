@@ -94,6 +94,22 @@ pub trait AccountStore: Send + Sync + fmt::Debug {
     /// [`Error::AccountNotFound`] if there is no such record; [`Error::Store`].
     async fn update(&self, record: &AccountRecord) -> Result<(), Error>;
 
+    /// As [`update`](Self::update), and refused with [`Error::Conflict`] as well when the
+    /// stored probe time (`last_probed`, [`record_probe`](Self::record_probe)) is later than
+    /// `after`. The manager commits a revocation this way: only if no successful probe began
+    /// after the operation that observed the failure. It must be one atomic conditional
+    /// write (`… WHERE id = $1 AND revision = $2 AND (last_probed IS NULL OR last_probed <=
+    /// $3)`), so that a probe by another replica cannot slip between the check and the write;
+    /// a wrapper around another store forwards it. The conformance suite checks it.
+    ///
+    /// # Errors
+    /// As [`update`](Self::update).
+    async fn update_unless_probed_after(
+        &self,
+        record: &AccountRecord,
+        after: SystemTime,
+    ) -> Result<(), Error>;
+
     /// Ids of the accounts whose account key is wrapped by the customer key `name` at
     /// `version` in `vault` ([`super::record::WrappedAccountKey::is_customer_key`]).
     /// Tombstones hold no wrapping and never match. The default scans
@@ -151,6 +167,13 @@ pub trait AccountStore: Send + Sync + fmt::Debug {
         let _ = listener;
         false
     }
+}
+
+/// The conflict of [`AccountStore::update_unless_probed_after`].
+pub(crate) fn probed_after(id: &AccountId) -> Error {
+    Error::Conflict(format!(
+        "account {id} was probed successfully after the change was observed"
+    ))
 }
 
 /// An [`AccountStore`] in process memory: the demo default, and the store for tests with
@@ -237,23 +260,15 @@ impl AccountStore for InMemoryAccountStore {
     }
 
     async fn update(&self, record: &AccountRecord) -> Result<(), Error> {
-        {
-            let mut m = self.map_mut();
-            let stored = m
-                .get_mut(&record.id)
-                .ok_or_else(|| Error::AccountNotFound(record.id.to_string()))?;
-            if stored.revision + 1 != record.revision {
-                return Err(Error::Conflict(format!(
-                    "account {} is at revision {}, the update was based on {}",
-                    record.id,
-                    stored.revision,
-                    record.revision.saturating_sub(1)
-                )));
-            }
-            *stored = record.clone();
-        }
-        self.notify(&record.id, record.revision);
-        Ok(())
+        self.update_guarded(record, None)
+    }
+
+    async fn update_unless_probed_after(
+        &self,
+        record: &AccountRecord,
+        after: SystemTime,
+    ) -> Result<(), Error> {
+        self.update_guarded(record, Some(after))
     }
 
     async fn record_probe(&self, id: &AccountId, at: SystemTime) -> Result<(), Error> {
@@ -276,6 +291,38 @@ impl AccountStore for InMemoryAccountStore {
             .unwrap_or_else(|p| p.into_inner())
             .push(listener);
         true
+    }
+}
+
+impl InMemoryAccountStore {
+    /// The compare-and-swap of `update`, with the probe-time guard when `after` is given.
+    fn update_guarded(
+        &self,
+        record: &AccountRecord,
+        after: Option<SystemTime>,
+    ) -> Result<(), Error> {
+        {
+            let mut m = self.map_mut();
+            let stored = m
+                .get_mut(&record.id)
+                .ok_or_else(|| Error::AccountNotFound(record.id.to_string()))?;
+            if let Some(after) = after
+                && stored.last_probed.is_some_and(|p| p > after)
+            {
+                return Err(probed_after(&record.id));
+            }
+            if stored.revision + 1 != record.revision {
+                return Err(Error::Conflict(format!(
+                    "account {} is at revision {}, the update was based on {}",
+                    record.id,
+                    stored.revision,
+                    record.revision.saturating_sub(1)
+                )));
+            }
+            *stored = record.clone();
+        }
+        self.notify(&record.id, record.revision);
+        Ok(())
     }
 }
 

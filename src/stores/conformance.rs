@@ -453,6 +453,44 @@ async fn accounts_using_exact_key(c: &Ctx<'_>) -> CheckResult {
     )
 }
 
+/// `update_unless_probed_after`: refused (a conflict, nothing written) when the stored probe
+/// time is later than the guard; written when it is not later; a stale revision is still a
+/// conflict.
+async fn update_guarded_by_probe_time(c: &Ctx<'_>) -> CheckResult {
+    let r = c.record("guard", "k", "v1")?;
+    c.create(&r).await?;
+    ok(c.store.record_probe(&r.id, t_us(200)).await, "record_probe")?;
+    let n = next(&r, "guarded");
+    match c.store.update_unless_probed_after(&n, t_us(100)).await {
+        Err(Error::Conflict(_)) => {}
+        other => {
+            return Err(format!(
+                "update_unless_probed_after(probed at 200 µs, after 100 µs): expected Conflict, got {other:?}"
+            ));
+        }
+    }
+    let got = c.get(&r.id).await?.ok_or("guarded record is missing")?;
+    check(
+        got.revision == r.revision,
+        "a refused guarded update wrote the record",
+    )?;
+    ok(
+        c.store.update_unless_probed_after(&n, t_us(200)).await,
+        "update_unless_probed_after(probed at 200 µs, after 200 µs)",
+    )?;
+    let got = c.get(&r.id).await?.ok_or("guarded record is missing")?;
+    check(
+        got.revision == n.revision && got.tenant == n.tenant,
+        "the allowed guarded update was not written",
+    )?;
+    match c.store.update_unless_probed_after(&n, t_us(300)).await {
+        Err(Error::Conflict(_)) => Ok(()),
+        other => Err(format!(
+            "guarded update from a stale revision: expected Conflict, got {other:?}"
+        )),
+    }
+}
+
 async fn probe_stamps_without_revision(c: &Ctx<'_>) -> CheckResult {
     let r = c.record("probe", "k", "v1")?;
     c.create(&r).await?;
@@ -706,6 +744,7 @@ pub async fn run(store: &dyn AccountStore) -> StoreConformanceReport {
     scenario!(list_and_pages);
     scenario!(accounts_using_exact_key);
     scenario!(probe_stamps_without_revision);
+    scenario!(update_guarded_by_probe_time);
     scenario!(purge_tombstones);
     let listener = Arc::new(Collector::default());
     let weak: Weak<dyn ChangeListener> = Arc::downgrade(&listener) as Weak<dyn ChangeListener>;

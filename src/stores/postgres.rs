@@ -498,53 +498,15 @@ impl AccountStore for PostgresAccountStore {
     }
 
     async fn update(&self, record: &AccountRecord) -> Result<(), Error> {
-        let c = Columns::of(record)?;
-        let what = "update";
-        let base = c.revision - 1;
-        let n = self
-            .execute(
-                what,
-                "UPDATE byok_accounts SET revision = $2, epoch = $3, state = $4, \
-                 deleted_at = $5, key_role = $6, key_vault = $7, key_name = $8, \
-                 key_version = $9, last_probed = GREATEST(last_probed, $10), \
-                 record = CAST($11::text AS jsonb) WHERE id = $1 AND revision = $12",
-                &[
-                    &c.id,
-                    &c.revision,
-                    &c.epoch,
-                    &c.state,
-                    &c.deleted_at,
-                    &c.key_role,
-                    &c.key_vault,
-                    &c.key_name,
-                    &c.key_version,
-                    &c.last_probed,
-                    &c.record,
-                    &base,
-                ],
-            )
-            .await?
-            .map_err(pg(what))?;
-        if n == 1 {
-            return Ok(());
-        }
-        let rows = self
-            .query(
-                what,
-                "SELECT revision FROM byok_accounts WHERE id = $1",
-                &[&c.id],
-            )
-            .await?;
-        match rows.first() {
-            None => Err(Error::AccountNotFound(record.id.to_string())),
-            Some(row) => {
-                let stored: i64 = row.try_get(0).map_err(pg(what))?;
-                Err(Error::Conflict(format!(
-                    "account {} is at revision {stored}, the update was based on {base}",
-                    record.id
-                )))
-            }
-        }
+        self.update_guarded(record, None).await
+    }
+
+    async fn update_unless_probed_after(
+        &self,
+        record: &AccountRecord,
+        after: SystemTime,
+    ) -> Result<(), Error> {
+        self.update_guarded(record, Some(after)).await
     }
 
     async fn accounts_using(
@@ -753,6 +715,72 @@ async fn listen(
             }
         }
         delay = (delay * 2).min(options.reconnect_max);
+    }
+}
+
+impl PostgresAccountStore {
+    /// The compare-and-swap of `update`; with `after`, also refused when the stored probe
+    /// time is later (one conditional statement).
+    async fn update_guarded(
+        &self,
+        record: &AccountRecord,
+        after: Option<SystemTime>,
+    ) -> Result<(), Error> {
+        let c = Columns::of(record)?;
+        let what = "update";
+        let base = c.revision - 1;
+        let n = self
+            .execute(
+                what,
+                "UPDATE byok_accounts SET revision = $2, epoch = $3, state = $4, \
+                 deleted_at = $5, key_role = $6, key_vault = $7, key_name = $8, \
+                 key_version = $9, last_probed = GREATEST(last_probed, $10), \
+                 record = CAST($11::text AS jsonb) WHERE id = $1 AND revision = $12 \
+                 AND ($13::timestamptz IS NULL OR last_probed IS NULL OR last_probed <= $13)",
+                &[
+                    &c.id,
+                    &c.revision,
+                    &c.epoch,
+                    &c.state,
+                    &c.deleted_at,
+                    &c.key_role,
+                    &c.key_vault,
+                    &c.key_name,
+                    &c.key_version,
+                    &c.last_probed,
+                    &c.record,
+                    &base,
+                    &after,
+                ],
+            )
+            .await?
+            .map_err(pg(what))?;
+        if n == 1 {
+            return Ok(());
+        }
+        let rows = self
+            .query(
+                what,
+                "SELECT revision FROM byok_accounts WHERE id = $1",
+                &[&c.id],
+            )
+            .await?;
+        match rows.first() {
+            None => Err(Error::AccountNotFound(record.id.to_string())),
+            Some(row) => {
+                let stored: i64 = row.try_get(0).map_err(pg(what))?;
+                if stored == base {
+                    return Err(Error::Conflict(format!(
+                        "account {} was probed successfully after the change was observed",
+                        record.id
+                    )));
+                }
+                Err(Error::Conflict(format!(
+                    "account {} is at revision {stored}, the update was based on {base}",
+                    record.id
+                )))
+            }
+        }
     }
 }
 

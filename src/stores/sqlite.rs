@@ -350,52 +350,15 @@ impl AccountStore for SqliteAccountStore {
     }
 
     async fn update(&self, record: &AccountRecord) -> Result<(), Error> {
-        let c = OwnedColumns::of(record)?;
-        self.with(move |conn| {
-            let what = "update";
-            let base = c.revision - 1;
-            let n = conn
-                .prepare_cached(
-                    "UPDATE byok_accounts SET revision = ?2, epoch = ?3, state = ?4, \
-                     deleted_at = ?5, key_role = ?6, key_vault = ?7, key_name = ?8, \
-                     key_version = ?9, \
-                     last_probed = CASE WHEN last_probed IS NULL OR ?10 > last_probed \
-                         THEN ?10 ELSE last_probed END, \
-                     record = ?11 WHERE id = ?1 AND revision = ?12",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        c.id,
-                        c.revision,
-                        c.epoch,
-                        c.state,
-                        c.deleted_at,
-                        c.key_role,
-                        c.key_vault,
-                        c.key_name,
-                        c.key_version,
-                        c.last_probed,
-                        c.record,
-                        base
-                    ])
-                })
-                .map_err(lite(what))?;
-            if n == 1 {
-                return Ok(());
-            }
-            let stored: Option<i64> = conn
-                .prepare_cached("SELECT revision FROM byok_accounts WHERE id = ?1")
-                .and_then(|mut s| s.query_row([&c.id], |r| r.get(0)).optional())
-                .map_err(lite(what))?;
-            match stored {
-                None => Err(Error::AccountNotFound(c.id)),
-                Some(stored) => Err(Error::Conflict(format!(
-                    "account {} is at revision {stored}, the update was based on {base}",
-                    c.id
-                ))),
-            }
-        })
-        .await
+        self.update_guarded(record, None).await
+    }
+
+    async fn update_unless_probed_after(
+        &self,
+        record: &AccountRecord,
+        after: SystemTime,
+    ) -> Result<(), Error> {
+        self.update_guarded(record, Some(nanos(after)?)).await
     }
 
     async fn accounts_using(
@@ -450,5 +413,68 @@ impl AccountStore for SqliteAccountStore {
             })
             .await?;
         Ok(n as u64)
+    }
+}
+
+impl SqliteAccountStore {
+    /// The compare-and-swap of `update`; with `after` (ns), also refused when the stored
+    /// probe time is later (one conditional statement).
+    async fn update_guarded(
+        &self,
+        record: &AccountRecord,
+        after: Option<i64>,
+    ) -> Result<(), Error> {
+        let c = OwnedColumns::of(record)?;
+        self.with(move |conn| {
+            let what = "update";
+            let base = c.revision - 1;
+            let n = conn
+                .prepare_cached(
+                    "UPDATE byok_accounts SET revision = ?2, epoch = ?3, state = ?4, \
+                     deleted_at = ?5, key_role = ?6, key_vault = ?7, key_name = ?8, \
+                     key_version = ?9, \
+                     last_probed = CASE WHEN last_probed IS NULL OR ?10 > last_probed \
+                         THEN ?10 ELSE last_probed END, \
+                     record = ?11 WHERE id = ?1 AND revision = ?12 \
+                     AND (?13 IS NULL OR last_probed IS NULL OR last_probed <= ?13)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        c.id,
+                        c.revision,
+                        c.epoch,
+                        c.state,
+                        c.deleted_at,
+                        c.key_role,
+                        c.key_vault,
+                        c.key_name,
+                        c.key_version,
+                        c.last_probed,
+                        c.record,
+                        base,
+                        after
+                    ])
+                })
+                .map_err(lite(what))?;
+            if n == 1 {
+                return Ok(());
+            }
+            let stored: Option<i64> = conn
+                .prepare_cached("SELECT revision FROM byok_accounts WHERE id = ?1")
+                .and_then(|mut s| s.query_row([&c.id], |r| r.get(0)).optional())
+                .map_err(lite(what))?;
+            match stored {
+                None => Err(Error::AccountNotFound(c.id)),
+                Some(stored) if stored == base => Err(Error::Conflict(format!(
+                    "account {} was probed successfully after the change was observed",
+                    c.id
+                ))),
+                Some(stored) => Err(Error::Conflict(format!(
+                    "account {} is at revision {stored}, the update was based on {base}",
+                    c.id
+                ))),
+            }
+        })
+        .await
     }
 }
