@@ -4,9 +4,9 @@ use std::io::{Read, Seek, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::live::Live;
+use super::live::gate;
 use super::policy::{DataClass, Operation};
-use super::record::{AccountId, WrappedAccountKey};
+use super::record::{AccountId, AccountRecord, AccountState, WrappedAccountKey};
 use super::{AccountManager, Slot};
 use crate::envelope::{
     Envelope, HeaderInfo, OpenReader, ParsedHeader, PreparedKey, SealWriter, parse_header,
@@ -37,11 +37,19 @@ impl ObjectKeys {
     /// # Errors
     /// [`Error::InvalidInput`] if the two layers' keys are not independent.
     pub fn envelope(&self) -> Result<Envelope<'_>, Error> {
-        let e = Envelope::new(&self.layer1);
-        match &self.layer2 {
-            Some(l2) => e.with_layer2(l2),
-            None => Ok(e),
-        }
+        layered(&self.layer1, self.layer2.as_ref())
+    }
+}
+
+/// The envelope over a layer-1 key and, for double encryption, a layer-2 key.
+fn layered<'k>(
+    layer1: &'k PreparedKey,
+    layer2: Option<&'k Arc<PreparedKey>>,
+) -> Result<Envelope<'k>, Error> {
+    let e = Envelope::new(layer1);
+    match layer2 {
+        Some(l2) => e.with_layer2(l2),
+        None => Ok(e),
     }
 }
 
@@ -80,8 +88,11 @@ impl<'a> From<&'a ParsedHeader<'a>> for Want<'a> {
 
 /// The gate's operation, the layer-1 slot and whether layer 2 is needed — decided from the
 /// record under one read lock.
-fn plan(live: &Live, want: Want<'_>) -> Result<(Operation, Slot, bool), Error> {
-    let rec = &live.record;
+fn plan(
+    rec: &AccountRecord,
+    state: &AccountState,
+    want: Want<'_>,
+) -> Result<(Operation, Slot, bool), Error> {
     let (op, slot, layer2) = match want {
         Want::Write(class) => {
             let p = &rec.policy;
@@ -109,7 +120,7 @@ fn plan(live: &Live, want: Want<'_>) -> Result<(Operation, Slot, bool), Error> {
             } else if matches(&rec.platform_class_key) {
                 Slot::PlatformClass
             } else {
-                live.gate(Operation::DataRead, None)?;
+                gate(rec, state, Operation::DataRead, None)?;
                 return Err(Error::Decryption);
             };
             let layer2 = match layer2_key_id {
@@ -130,42 +141,57 @@ fn plan(live: &Live, want: Want<'_>) -> Result<(Operation, Slot, bool), Error> {
             (Operation::DataRead, slot, layer2)
         }
     };
-    live.gate(op, Some(slot))?;
+    gate(rec, state, op, Some(slot))?;
     Ok((op, slot, layer2))
 }
 
 impl AccountManager {
-    /// The keys for one object. The hot path takes no lock for writing, makes no system call
-    /// and no store or provider call: a clock reading, the record copy's deadline (an atomic),
-    /// and the cached keys under a read lock. Revocation drops the cache (and revokes the
-    /// handles), so a cached key is always one the state allows.
-    async fn object_keys(&self, id: &AccountId, want: Want<'_>) -> Result<ObjectKeys, Error> {
+    /// Runs `f` with the cached keys for `want` — the hot path: no lock, no shared write, no
+    /// system call, no store or provider call. A clock reading against the record copy's
+    /// deadline (an atomic) and the account's published snapshot (an atomic pointer) are all
+    /// it reads. `None` when the copy is due for a re-read, a key is not cached, or the gate
+    /// refuses (the slow path then decides, and audits). Revocation drops the cache and revokes
+    /// the keys, so a key read here is one the state allowed, and one that stops working if
+    /// the state changes while `f` runs.
+    fn with_cached_keys<R>(
+        &self,
+        id: &AccountId,
+        want: Want<'_>,
+        f: impl FnOnce(&Arc<PreparedKey>, Option<&Arc<PreparedKey>>) -> R,
+    ) -> Option<R> {
         let now = self.now_ns();
-        {
+        let snapshot = {
             let cells = self.inner.cells.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(cell) = cells.get(id)
-                && now < cell.valid_until.load(Ordering::Acquire)
-            {
-                let live = cell.read();
-                if let Ok((_, slot, layer2)) = plan(&live, want)
-                    && let Some(k1) = live.cached(slot, now)
-                {
-                    let k2 = if layer2 {
-                        live.cached(Slot::Infrastructure, now)
-                    } else {
-                        None
-                    };
-                    if !layer2 || k2.is_some() {
-                        return Ok(ObjectKeys {
-                            layer1: Arc::clone(&k1.prepared),
-                            layer2: k2.map(|k| Arc::clone(&k.prepared)),
-                        });
-                    }
-                }
+            let cell = cells.get(id)?;
+            if now >= cell.valid_until.load(Ordering::Acquire) {
+                return None;
             }
+            cell.snapshot.load()
+        };
+        let (_, slot, layer2) = plan(&snapshot.record, &snapshot.state, want).ok()?;
+        let k1 = snapshot.cached(slot, now)?;
+        let k2 = if layer2 {
+            Some(snapshot.cached(Slot::Infrastructure, now)?)
+        } else {
+            None
+        };
+        Some(f(k1, k2))
+    }
+
+    /// The keys for one object: from the hot path when cached, else through the state gate
+    /// (audited), a record re-read when due and the account-key cache.
+    async fn object_keys(&self, id: &AccountId, want: Want<'_>) -> Result<ObjectKeys, Error> {
+        if let Some(keys) = self.with_cached_keys(id, want, |k1, k2| ObjectKeys {
+            layer1: Arc::clone(k1),
+            layer2: k2.cloned(),
+        }) {
+            return Ok(keys);
         }
         let cell = self.fresh_cell(id).await?;
-        let planned = plan(&cell.read(), want);
+        let planned = {
+            let live = cell.read();
+            plan(&live.record, live.state(), want)
+        };
         let (op, slot, layer2) = match planned {
             Ok(p) => p,
             Err(e) => {
@@ -237,7 +263,13 @@ impl AccountManager {
         context: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        self.keys_for_writing(id, class)
+        let want = Want::Write(class);
+        if let Some(sealed) =
+            self.with_cached_keys(id, want, |k1, k2| layered(k1, k2)?.seal(context, plaintext))
+        {
+            return sealed;
+        }
+        self.object_keys(id, want)
             .await?
             .envelope()?
             .seal(context, plaintext)
@@ -255,7 +287,13 @@ impl AccountManager {
         object: &[u8],
     ) -> Result<Vec<u8>, Error> {
         let header = parse_header(object).map_err(|_| Error::Decryption)?;
-        self.object_keys(id, Want::from(&header))
+        let want = Want::from(&header);
+        if let Some(opened) = self.with_cached_keys(id, want, |k1, k2| {
+            layered(k1, k2)?.open_parsed(context, object, &header)
+        }) {
+            return opened;
+        }
+        self.object_keys(id, want)
             .await?
             .envelope()?
             .open_parsed(context, object, &header)

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+
 use super::Slot;
 use super::policy::Operation;
 use super::record::{AccountId, AccountRecord, AccountState, StateKind, WrappedAccountKey};
@@ -106,27 +108,9 @@ impl Live {
         }
     }
 
-    /// The state gate every operation passes. `slot` is the key the operation uses (`None`
-    /// for operations that use no key): with the policy's
-    /// `platform_classes_survive_revocation`, data under the platform-class key stays
-    /// available while the customer key is inaccessible.
+    /// The state gate every operation passes (see [`gate`]).
     pub(crate) fn gate(&self, op: Operation, slot: Option<Slot>) -> Result<(), Error> {
-        let rec = &self.record;
-        // Data outside the customer key, where the policy keeps it available.
-        let uncovered =
-            slot == Some(Slot::PlatformClass) && rec.policy.platform_classes_survive_revocation;
-        match self.state() {
-            AccountState::Deleted { .. } => Err(Error::AccountNotFound(rec.id.to_string())),
-            AccountState::KeyInaccessible { reason, .. }
-                if !(rec.policy.allows_while_inaccessible(op) || uncovered) =>
-            {
-                Err(Error::KeyInaccessible {
-                    account: rec.id.to_string(),
-                    reason: reason.clone(),
-                })
-            }
-            _ => Ok(()),
-        }
+        gate(&self.record, self.state(), op, slot)
     }
 
     /// A fresh cached key of `slot` at clock time `now`.
@@ -135,6 +119,89 @@ impl Live {
             .as_ref()
             .filter(|c| now < c.expires)
             .map(|c| &c.keys)
+    }
+}
+
+/// The state gate every operation passes. `slot` is the key the operation uses (`None` for
+/// operations that use no key): with the policy's `platform_classes_survive_revocation`, data
+/// under the platform-class key stays available while the customer key is inaccessible.
+pub(crate) fn gate(
+    rec: &AccountRecord,
+    state: &AccountState,
+    op: Operation,
+    slot: Option<Slot>,
+) -> Result<(), Error> {
+    // Data outside the customer key, where the policy keeps it available.
+    let uncovered =
+        slot == Some(Slot::PlatformClass) && rec.policy.platform_classes_survive_revocation;
+    match state {
+        AccountState::Deleted { .. } => Err(Error::AccountNotFound(rec.id.to_string())),
+        AccountState::KeyInaccessible { reason, .. }
+            if !(rec.policy.allows_while_inaccessible(op) || uncovered) =>
+        {
+            Err(Error::KeyInaccessible {
+                account: rec.id.to_string(),
+                reason: reason.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What the object hot path reads of an account, published after every change of [`Live`]
+/// and read without a lock (no shared write per object): the record, the effective state and
+/// the cached keys.
+pub(crate) struct Snapshot {
+    pub(crate) record: AccountRecord,
+    pub(crate) state: AccountState,
+    cache: [Option<(Arc<PreparedKey>, u64)>; 3],
+}
+
+impl Snapshot {
+    fn of(live: &Live) -> Self {
+        Self {
+            record: live.record.clone(),
+            state: live.state().clone(),
+            cache: std::array::from_fn(|i| {
+                live.cache[i]
+                    .as_ref()
+                    .map(|c| (Arc::clone(&c.keys.prepared), c.expires))
+            }),
+        }
+    }
+
+    /// A fresh cached key of `slot` at clock time `now`.
+    pub(crate) fn cached(&self, slot: Slot, now: u64) -> Option<&Arc<PreparedKey>> {
+        self.cache[slot as usize]
+            .as_ref()
+            .filter(|(_, expires)| now < *expires)
+            .map(|(k, _)| k)
+    }
+}
+
+/// The write access to [`Live`]: publishes a new [`Snapshot`] when it ends (still under the
+/// lock, so snapshots are published in the order of the changes).
+pub(crate) struct LiveWrite<'a> {
+    guard: RwLockWriteGuard<'a, Live>,
+    snapshot: &'a ArcSwap<Snapshot>,
+}
+
+impl std::ops::Deref for LiveWrite<'_> {
+    type Target = Live;
+    fn deref(&self) -> &Live {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for LiveWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Live {
+        &mut self.guard
+    }
+}
+
+impl Drop for LiveWrite<'_> {
+    fn drop(&mut self) {
+        self.snapshot.store(Arc::new(Snapshot::of(&self.guard)));
     }
 }
 
@@ -173,6 +240,8 @@ pub(crate) struct Cell {
     pub(crate) hints: AtomicU64,
     /// Serialises this process's state-changing commits of the account.
     pub(crate) commits: AsyncLock,
+    /// The hot path's lock-free view of `live`.
+    pub(crate) snapshot: ArcSwap<Snapshot>,
     /// Record re-reads started (their sequence numbers).
     pub(crate) reloads: AtomicU64,
 }
@@ -184,17 +253,19 @@ impl Cell {
             generation: 0,
             observed: false,
         });
+        let live = Live {
+            record,
+            observed: None,
+            cache: [None, None, None],
+            flights: [None, None, None],
+            failed: [None, None, None],
+            reload: None,
+            learned,
+        };
         Self {
-            id: record.id.clone(),
-            live: RwLock::new(Live {
-                record,
-                observed: None,
-                cache: [None, None, None],
-                flights: [None, None, None],
-                failed: [None, None, None],
-                reload: None,
-                learned,
-            }),
+            id: live.record.id.clone(),
+            snapshot: ArcSwap::from_pointee(Snapshot::of(&live)),
+            live: RwLock::new(live),
             generation: AtomicU64::new(0),
             valid_until: AtomicU64::new(valid_until),
             hints: AtomicU64::new(0),
@@ -207,8 +278,11 @@ impl Cell {
         self.live.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Live> {
-        self.live.write().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn write(&self) -> LiveWrite<'_> {
+        LiveWrite {
+            guard: self.live.write().unwrap_or_else(|p| p.into_inner()),
+            snapshot: &self.snapshot,
+        }
     }
 
     pub(crate) fn generation(&self) -> u64 {
