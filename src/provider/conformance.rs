@@ -53,6 +53,14 @@ impl ConformanceReport {
             .count()
     }
 
+    /// The outcome of scenario `name`, if it ran.
+    pub fn outcome(&self, name: &str) -> Option<&Outcome> {
+        self.scenarios
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, o)| o)
+    }
+
     /// Panics (listing every failure) unless every scenario passed or was skipped by
     /// declaration, or if none passed.
     pub fn assert_passed(&self) {

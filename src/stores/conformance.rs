@@ -29,57 +29,12 @@ use crate::account::record::{
 use crate::account::store::{AccountStore, ChangeListener, StoreChange};
 use crate::error::Error;
 use crate::key_id::KeyId;
-use crate::provider::conformance::Outcome;
+use crate::provider::conformance::{ConformanceReport, Outcome};
 use crate::provider::{Identity, WrapAlgorithm, WrappedKey};
 
-/// The result of a store conformance run: one line per scenario.
-#[derive(Clone, Debug, Default)]
-pub struct StoreConformanceReport {
-    /// `(scenario, outcome)` in the order they ran.
-    pub scenarios: Vec<(&'static str, Outcome)>,
-}
-
-impl StoreConformanceReport {
-    /// Scenarios that failed.
-    pub fn failures(&self) -> Vec<&(&'static str, Outcome)> {
-        self.scenarios
-            .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
-            .collect()
-    }
-
-    /// Number of scenarios that passed.
-    pub fn passed(&self) -> usize {
-        self.scenarios
-            .iter()
-            .filter(|(_, o)| *o == Outcome::Passed)
-            .count()
-    }
-
-    /// The outcome of scenario `name`, if it ran.
-    pub fn outcome(&self, name: &str) -> Option<&Outcome> {
-        self.scenarios
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, o)| o)
-    }
-
-    /// Panics (listing every failure) unless every scenario passed or was skipped (only the
-    /// change-hint scenario skips, for a store whose `subscribe` returns `false`), or if none
-    /// passed.
-    pub fn assert_passed(&self) {
-        let f = self.failures();
-        assert!(
-            f.is_empty(),
-            "store conformance failures:\n{}",
-            f.iter()
-                .map(|(n, o)| format!("  {n}: {o:?}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        assert!(self.passed() > 0, "no store conformance scenario ran");
-    }
-}
+/// The result of a store conformance run: one line per scenario (the provider suite's report
+/// type; only the change-hint scenario skips, for a store whose `subscribe` returns `false`).
+pub type StoreConformanceReport = ConformanceReport;
 
 type CheckResult = Result<(), String>;
 
