@@ -11,8 +11,8 @@
 //! `cargo bench --bench accounts -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
-use std::time::Instant;
 use std::sync::Arc;
+use std::time::Instant;
 
 use byok::{
     AccountId, AccountKey, AccountManager, AesKey, DataClass, Envelope, Identity, InMemoryVault,
