@@ -137,17 +137,32 @@ fn golden_objects_open() {
 }
 
 #[test]
-fn golden_sealed_field_opens() {
+fn golden_sealed_field_v1_opens() {
+    // Written by versions before sealed-field format 2; never regenerated.
+    let (k1, _) = keys();
+    let sealed = std::fs::read(path("field_v1.bin")).unwrap();
+    assert_eq!(sealed[0], 1);
+    assert_eq!(k1.open_field(FIELD_CONTEXT, &sealed).unwrap(), FIELD);
+    assert_eq!(byok::field_key_version(&sealed).unwrap(), 1);
+    assert!(matches!(
+        k1.open_field(b"contentKeyPolicy/8/option/0", &sealed),
+        Err(byok::Error::Decryption)
+    ));
+}
+
+#[test]
+fn golden_sealed_field_v2_opens() {
     let (k1, _) = keys();
     let regen = std::env::var_os("BYOK_REGEN_GOLDEN").is_some_and(|v| v == "1");
     if regen {
         std::fs::write(
-            path("field_v1.bin"),
+            path("field_v2.bin"),
             k1.seal_field(FIELD_CONTEXT, FIELD).unwrap(),
         )
         .unwrap();
     }
-    let sealed = std::fs::read(path("field_v1.bin")).unwrap();
+    let sealed = std::fs::read(path("field_v2.bin")).unwrap();
+    assert_eq!(sealed[0], 2);
     assert_eq!(k1.open_field(FIELD_CONTEXT, &sealed).unwrap(), FIELD);
     assert_eq!(byok::field_key_version(&sealed).unwrap(), 1);
     assert!(matches!(

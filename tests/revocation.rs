@@ -931,3 +931,60 @@ async fn format_1_records_still_load_with_their_roles() {
     );
     assert_eq!(back.epoch, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Audit sinks run outside every lock: one that calls back into the manager does not deadlock.
+
+#[derive(Debug, Default)]
+struct CallingBack {
+    manager: std::sync::OnceLock<AccountManager>,
+    called: AtomicBool,
+    answered: AtomicBool,
+}
+
+impl byok::AuditSink for CallingBack {
+    fn record(&self, event: &byok::AuditEvent) {
+        if !matches!(event.action, AuditAction::StateChange { .. })
+            || self.called.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let m = self.manager.get().expect("manager").clone();
+        let id = AccountId::new(event.account.clone()).expect("id");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let _ = rt.block_on(async {
+                let _ = m.check(&id).await;
+                m.account(&id).await
+            });
+            let _ = tx.send(());
+        });
+        // The sink waits for the manager, as a synchronous sink that queries it would.
+        if rx.recv_timeout(Duration::from_secs(10)).is_ok() {
+            self.answered.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_sink_may_call_back_into_the_manager() {
+    let w = World::new().await;
+    let sink = Arc::new(CallingBack::default());
+    let m = w
+        .replica_builder(w.store.clone(), w.directory.clone())
+        .audit(sink.clone())
+        .build();
+    sink.manager.set(m.clone()).expect("set once");
+    let id = cmk_account(&w, &m, "audit-back", Policy::video_analyzer()).await;
+    w.faults.cut(ProviderErrorKind::Forbidden);
+    assert!(inaccessible(m.check(&id).await));
+    assert!(sink.called.load(Ordering::SeqCst), "a state change was audited");
+    assert!(
+        sink.answered.load(Ordering::SeqCst),
+        "the manager answered a call from inside the audit sink"
+    );
+}

@@ -171,7 +171,7 @@ impl AccountManager {
             live.revoke(locked, Revoked::KeyInaccessible);
             generation
         };
-        let _commits = cell.commits.lock().await;
+        let commits = cell.commits.lock().await;
         let still_mine = |cell: &Cell| {
             cell.read()
                 .observed
@@ -250,6 +250,8 @@ impl AccountManager {
                         observed: true,
                     });
                 }
+                // Audit outside every lock: a sink may call back into the manager.
+                drop(commits);
                 self.emit_state_change(&rec, StateKind::Active, StateKind::KeyInaccessible);
                 Failed::Error(inaccessible())
             }
@@ -280,7 +282,7 @@ impl AccountManager {
         cell: &Cell,
         begun: &Begun,
     ) -> Result<StateKind, Error> {
-        let _commits = cell.commits.lock().await;
+        let commits = cell.commits.lock().await;
         let current = |cell: &Cell| -> Result<StateKind, Error> {
             let live = cell.read();
             live.gate(super::policy::Operation::DataRead, Some(Slot::Account))?;
@@ -343,6 +345,7 @@ impl AccountManager {
             .await;
         match committed {
             Ok(rec) => {
+                drop(commits);
                 self.emit_state_change(&rec, StateKind::KeyInaccessible, StateKind::Active);
                 current(cell)
             }

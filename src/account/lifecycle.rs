@@ -232,7 +232,7 @@ impl AccountManager {
             .unwrap_or_default();
         let to = Self::audit_key(&wrapped);
         let now = self.now();
-        let _commits = cell.commits.lock().await;
+        let commits = cell.commits.lock().await;
         if cell.generation() != begun.generation {
             return Err(super::commit::stale());
         }
@@ -267,6 +267,8 @@ impl AccountManager {
                 live.cache[Slot::Account as usize] = Some(super::live::Cached { keys, expires });
             }
         }
+        // Audit outside every lock: a sink may call back into the manager.
+        drop(commits);
         if from != to {
             self.emit(
                 &rec.id,
@@ -291,7 +293,7 @@ impl AccountManager {
     pub async fn delete_account(&self, id: &AccountId) -> Result<(), Error> {
         let cell = self.fresh_cell(id).await?;
         let now = self.now();
-        let _commits = cell.commits.lock().await;
+        let commits = cell.commits.lock().await;
         let from = cell.read().state().kind();
         let rec = self
             .commit(&cell, |r| {
@@ -307,6 +309,7 @@ impl AccountManager {
             .await?;
         cell.write().observed = None;
         let key = Self::record_key(&cell.read().record).or_else(|| Self::record_key(&rec));
+        drop(commits);
         self.emit_state_change(&rec, from, StateKind::Deleted);
         self.emit(id, None, key, AuditAction::Deleted, AuditOutcome::Success);
         Ok(())

@@ -81,6 +81,9 @@ pub struct PreparedKey {
     key_id: String,
     key_version: u32,
     pub(crate) kek: Kek,
+    /// The sealed-field key `FK` (version-2 fields derive a key per value from it).
+    pub(crate) field_key: AesKey,
+    /// AES-256-GCM under `FK` itself: opens version-1 fields.
     pub(crate) fields: Gcm,
     ahead: [Shard; SHARDS],
     liveness: Liveness,
@@ -212,13 +215,14 @@ impl PreparedKey {
             &mut fk,
         );
         let field_key = AesKey::from_bytes(fk);
-        fk.fill(0);
+        fk.zeroize();
         Ok(Self {
             account_id: account_id.to_owned(),
             key_id: key.id.clone(),
             key_version: key.version,
             kek: Kek::new(&key.key),
             fields: Gcm::new(&field_key),
+            field_key,
             ahead: std::array::from_fn(|_| Shard::new()),
             liveness: Liveness {
                 account_id: Arc::from(account_id),

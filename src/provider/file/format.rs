@@ -495,7 +495,11 @@ pub(super) fn write_key(
         Material::Aes(k) => Zeroizing::new(k.expose_secret().to_vec()),
         Material::Ec(k) => Zeroizing::new(k.to_vec()),
     };
-    let mut w = Writer::default();
+    // Sized up front: the buffer never reallocates, so no copy of the key is left behind in
+    // a freed allocation (the whole buffer is wiped when `body` drops).
+    let mut w = Writer(Vec::with_capacity(
+        64 + name.len() + version.len() + secret.len(),
+    ));
     w.str(name);
     w.str(version);
     w.time(created)?;

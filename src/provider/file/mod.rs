@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use self::format::{
     FileId, FileMap, KEYS_DIR, Kdf, META_FILE, Malformed, Meta, STATE_FILE, TMP_PREFIX,
@@ -331,7 +331,9 @@ fn subkeys(master: &[u8; 32], vault_id: &[u8; 16]) -> (Zeroizing<[u8; 32]>, AesK
         &[b"byok file vault v1", b"sealing key"],
         &mut seal,
     );
-    (check, AesKey::from_bytes(seal))
+    let key = AesKey::from_bytes(seal);
+    seal.zeroize();
+    (check, key)
 }
 
 fn state_ident(md: &fs::Metadata) -> (u64, u64) {
