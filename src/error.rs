@@ -72,9 +72,10 @@ pub enum Error {
     Store {
         /// What failed.
         message: String,
-        /// The underlying error (database client, I/O), if any.
+        /// The underlying error (database client, I/O), if any; shared, so callers that share
+        /// one failed store read each get it.
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
 
     /// A key or vault does not satisfy the account's policy; nothing was changed. HTTP 400.
@@ -176,9 +177,10 @@ impl Error {
         message: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
+        let source: Box<dyn std::error::Error + Send + Sync + 'static> = source.into();
         Error::Store {
             message: message.into(),
-            source: Some(source.into()),
+            source: Some(std::sync::Arc::from(source)),
         }
     }
 

@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use byok::{
     AccountId, AccountManager, AccountRecord, AccountState, AccountStore, AuditAction,
-    ChangeListener, Error, InMemoryAccountStore, KeyId, KeyProperties, KeyProvider, KeySource,
-    NewAccount, Policy, ProviderError, ProviderErrorKind, SecretBytes, StateKind, VaultAdmin,
-    VaultProperties, WrapAlgorithm, WrappedKey,
+    ChangeListener, Clock, Error, InMemoryAccountStore, KeyId, KeyProperties, KeyProvider,
+    KeySource, NewAccount, Policy, ProviderError, ProviderErrorKind, SecretBytes, StateKind,
+    VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
 };
 use common::{HOST, World, class};
 use tokio::sync::Notify;
@@ -982,9 +982,133 @@ async fn an_audit_sink_may_call_back_into_the_manager() {
     let id = cmk_account(&w, &m, "audit-back", Policy::video_analyzer()).await;
     w.faults.cut(ProviderErrorKind::Forbidden);
     assert!(inaccessible(m.check(&id).await));
-    assert!(sink.called.load(Ordering::SeqCst), "a state change was audited");
+    assert!(
+        sink.called.load(Ordering::SeqCst),
+        "a state change was audited"
+    );
     assert!(
         sink.answered.load(Ordering::SeqCst),
         "the manager answered a call from inside the audit sink"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Review findings: handles across cache refills, reused ids, layer 2 of uncovered classes.
+
+#[tokio::test]
+async fn handles_from_before_a_cache_refill_die_with_the_revocation() {
+    let w = World::new().await;
+    let id = cmk_account(&w, &w.manager, "refill", Policy::video_analyzer()).await;
+    let blob = class("blob");
+    let old = w.manager.keys_for_writing(&id, &blob).await.expect("keys");
+    // A successful probe refills the cache; the cache also expires and is refilled.
+    assert_eq!(
+        w.manager.check(&id).await.expect("check"),
+        StateKind::Active
+    );
+    w.clock.advance(Duration::from_secs(301));
+    let obj = w
+        .manager
+        .encrypt(&id, &blob, b"o", b"x")
+        .await
+        .expect("encrypt");
+    let newer = w.manager.keys_for_writing(&id, &blob).await.expect("keys");
+    w.faults.cut(ProviderErrorKind::Forbidden);
+    assert!(inaccessible(w.manager.check(&id).await));
+    for k in [&old, &newer] {
+        assert!(inaccessible(k.envelope().expect("env").seal(b"o", b"x")));
+    }
+    assert!(inaccessible(w.manager.decrypt(&id, b"o", &obj).await));
+}
+
+#[tokio::test]
+async fn a_reused_account_id_is_a_new_account_on_every_replica() {
+    let w = World::new().await;
+    let a = &w.manager;
+    let b = w.replica();
+    let id = w.platform_account("reused", Policy::video_analyzer()).await;
+    let old = a
+        .encrypt(&id, &class("blob"), b"o", b"old")
+        .await
+        .expect("encrypt");
+    assert_eq!(b.decrypt(&id, b"o", &old).await.expect("b"), b"old");
+    a.delete_account(&id).await.expect("delete");
+    w.clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        w.store.purge_deleted(w.clock.now()).await.expect("purge"),
+        1
+    );
+    a.create_account(NewAccount::new(
+        id.clone(),
+        common::REGION,
+        common::TENANT,
+        Policy::video_analyzer(),
+    ))
+    .await
+    .expect("create again");
+    // Both replicas serve the new account (not "not found", not the shredded keys).
+    let new = a
+        .encrypt(&id, &class("blob"), b"o", b"new")
+        .await
+        .expect("a writes");
+    let from_b = b
+        .encrypt(&id, &class("blob"), b"o", b"from b")
+        .await
+        .expect("b writes");
+    assert_eq!(b.decrypt(&id, b"o", &new).await.expect("b reads"), b"new");
+    assert_eq!(
+        a.decrypt(&id, b"o", &from_b).await.expect("a reads"),
+        b"from b"
+    );
+    // The deleted account's objects stay unreadable.
+    for m in [a, &b] {
+        assert!(matches!(
+            m.decrypt(&id, b"o", &old).await,
+            Err(Error::Decryption)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn double_encrypted_uncovered_classes_survive_revocation_past_the_cache() {
+    let w = World::new().await;
+    let key = w.cmk("de-st-key", 2048).await;
+    let id = AccountId::new("de-storage").expect("id");
+    w.manager
+        .create_account(
+            NewAccount::new(
+                id.clone(),
+                common::REGION,
+                common::TENANT,
+                Policy::storage(),
+            )
+            .double_encryption(true),
+        )
+        .await
+        .expect("create");
+    w.manager
+        .set_customer_key(&id, key, w.identity.clone())
+        .await
+        .expect("cmk");
+    let queue = w
+        .manager
+        .encrypt(&id, &class("queue"), b"o", b"q")
+        .await
+        .expect("encrypt");
+    w.faults.cut(ProviderErrorKind::Forbidden);
+    assert!(inaccessible(w.manager.check(&id).await));
+    assert_eq!(
+        w.manager.decrypt(&id, b"o", &queue).await.expect("warm"),
+        b"q"
+    );
+    // Past the cache: the platform-class and layer-2 keys are unwrapped again.
+    w.clock.advance(Duration::from_secs(301));
+    assert_eq!(
+        w.manager.decrypt(&id, b"o", &queue).await.expect("cold"),
+        b"q"
+    );
+    w.manager
+        .encrypt(&id, &class("queue"), b"o", b"q2")
+        .await
+        .expect("cold write");
 }

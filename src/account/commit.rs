@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use super::live::{Cell, Learned, Observed, locked_slots};
 use super::record::{AccountRecord, AccountState, StateKind};
 use super::{ALL_SLOTS, AccountManager, Slot};
-use crate::envelope::Revoked;
+use crate::envelope::{Liveness, Revoked};
 use crate::error::{Error, ProviderError};
 
 /// What an observation of the customer key began under: the process generation, and the
@@ -20,6 +20,9 @@ pub(crate) struct Begun {
     /// The clock when it began: orders it against observations of other replicas that the
     /// epoch cannot order (both began under the same epoch).
     pub(crate) at: SystemTime,
+    /// The slots' revocation flags when it began: keys it unwraps carry them, so a
+    /// revocation after it began reaches those keys too.
+    pub(crate) liveness: [Liveness; 3],
 }
 
 /// How an observed failure ended.
@@ -45,6 +48,7 @@ impl AccountManager {
             generation: cell.generation(),
             record: live.record.clone(),
             at,
+            liveness: live.liveness.clone(),
         }
     }
 
@@ -260,7 +264,9 @@ impl AccountManager {
                 cell.invalidate();
                 Failed::Retry
             }
-            // Store outage: the observation stays in force in this process.
+            Err(Error::AccountNotFound(id)) => Failed::Error(Error::AccountNotFound(id)),
+            // Store outage: the observation stays in force in this process (the monitor
+            // probes it again and persists it).
             Err(_) => Failed::Error(inaccessible()),
         }
     }

@@ -146,10 +146,10 @@ fn plan(
 }
 
 impl AccountManager {
-    /// Runs `f` with the cached keys for `want` — the hot path: no lock, no shared write, no
-    /// system call, no store or provider call. A clock reading against the record copy's
-    /// deadline (an atomic) and the account's published snapshot (an atomic pointer) are all
-    /// it reads. `None` when the copy is due for a re-read, a key is not cached, or the gate
+    /// Runs `f` with the cached keys for `want` — the hot path: no lock write, no system
+    /// call, no store or provider call. A clock reading, the account map under a shared read
+    /// lock, the record copy's deadline (an atomic) and the account's published snapshot (an
+    /// atomic pointer) are all it reads. `None` when the copy is due for a re-read, a key is not cached, or the gate
     /// refuses (the slow path then decides, and audits). Revocation drops the cache and revokes
     /// the keys, so a key read here is one the state allowed, and one that stops working if
     /// the state changes while `f` runs.
@@ -205,10 +205,10 @@ impl AccountManager {
                     .unwrap_or(Error::Decryption));
             }
         };
-        let layer1 = self.slot_key(&cell, slot, op).await?.prepared;
+        let layer1 = self.slot_key(&cell, slot, slot, op).await?.prepared;
         let layer2 = if layer2 {
             Some(
-                self.slot_key(&cell, Slot::Infrastructure, op)
+                self.slot_key(&cell, Slot::Infrastructure, slot, op)
                     .await?
                     .prepared,
             )
@@ -376,7 +376,10 @@ impl AccountManager {
         let cell = self.fresh_cell(id).await?;
         let gate = cell.read().gate(op, Some(Slot::Account));
         self.audit_denial(&cell, op, gate)?;
-        Ok(self.slot_key(&cell, Slot::Account, op).await?.prepared)
+        Ok(self
+            .slot_key(&cell, Slot::Account, Slot::Account, op)
+            .await?
+            .prepared)
     }
 }
 

@@ -88,9 +88,10 @@ impl AccountManager {
         Ok(match result {
             Ok(secret) => {
                 let raw = secret.to_aes_key()?;
-                let prepared = PreparedKey::new(
+                let prepared = PreparedKey::with_liveness(
                     rec.id.as_str(),
                     &AccountKey::new(wrapped.key_id.clone(), 1, raw.duplicate())?,
+                    begun.liveness[slot as usize].clone(),
                 )?;
                 Ok(Unwrapped {
                     raw: Arc::new(raw),
@@ -140,22 +141,32 @@ impl AccountManager {
         }
     }
 
-    /// The key of `slot` after the state gate for `op`: from the cache when fresh, else from
-    /// the provider — one unwrap for all concurrent callers, whose result (success or failure)
-    /// they all share; a transient failure is also handed to callers arriving within the
-    /// failure window.
+    /// The key of `slot` after the state gate for `op` on the data of `gate_as` (the layer-1
+    /// slot: a layer-2 key serves whatever data its layer 1 covers): from the cache when
+    /// fresh, else from the provider — one unwrap for all concurrent callers, whose result
+    /// (success or failure) they all share; a transient failure is also handed to callers
+    /// arriving within the failure window.
     pub(crate) async fn slot_key(
         &self,
         cell: &Cell,
         slot: Slot,
+        gate_as: Slot,
         op: Operation,
     ) -> Result<Unwrapped, Error> {
         let mut retried = false;
         loop {
             let now = self.now_ns();
+            {
+                // The common case under a read lock.
+                let live = cell.read();
+                live.gate(op, Some(gate_as))?;
+                if let Some(k) = live.cached(slot, now) {
+                    return Ok(k.clone());
+                }
+            }
             let flight = {
                 let mut live = cell.write();
-                live.gate(op, Some(slot))?;
+                live.gate(op, Some(gate_as))?;
                 if let Some(k) = live.cached(slot, now) {
                     return Ok(k.clone());
                 }
@@ -176,7 +187,7 @@ impl AccountManager {
             let flight = match flight {
                 Err(other) => match other.wait().await {
                     Some(Ok(keys)) => {
-                        cell.read().gate(op, Some(slot))?;
+                        cell.read().gate(op, Some(gate_as))?;
                         return Ok(keys);
                     }
                     Some(Err(e)) => return Err(copy_error(&e)),
@@ -191,31 +202,36 @@ impl AccountManager {
                 result: None,
             };
             let begun = self.begin(cell);
-            let outcome = match self.unwrap_from_provider(&begun, slot).await {
-                Err(e) => Err(e),
-                Ok(Ok(keys)) => {
-                    self.fill_cache(cell, &begun, slot, &keys);
-                    Ok(keys)
-                }
-                Ok(Err(pe)) => match self.on_failure(cell, &begun, slot, pe).await {
-                    Failed::Error(e) => Err(e),
-                    Failed::Retry if !retried => {
-                        retried = true;
-                        drop(guard);
-                        continue;
+            let outcome =
+                match self.unwrap_from_provider(&begun, slot).await {
+                    Err(e) => Err(e),
+                    Ok(Ok(keys)) => {
+                        self.fill_cache(cell, &begun, slot, &keys);
+                        Ok(keys)
                     }
-                    Failed::Retry => Err(cell
-                        .read()
-                        .gate(op, Some(slot))
-                        .err()
-                        .unwrap_or_else(super::commit::stale)),
-                },
-            };
+                    Ok(Err(pe)) => match self.on_failure(cell, &begun, slot, pe).await {
+                        Failed::Error(e) => Err(e),
+                        Failed::Retry if !retried => {
+                            retried = true;
+                            drop(guard);
+                            continue;
+                        }
+                        // The account kept changing under this operation: try later.
+                        Failed::Retry => Err(cell
+                            .read()
+                            .gate(op, Some(gate_as))
+                            .err()
+                            .unwrap_or_else(|| Error::Unavailable {
+                                account: cell.id.to_string(),
+                                reason: "the account changed while the operation ran".into(),
+                            })),
+                    },
+                };
             match outcome {
                 Ok(keys) => {
                     guard.result = Some(Ok(keys.clone()));
                     drop(guard);
-                    cell.read().gate(op, Some(slot))?;
+                    cell.read().gate(op, Some(gate_as))?;
                     return Ok(keys);
                 }
                 Err(e) => {

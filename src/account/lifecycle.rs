@@ -113,6 +113,12 @@ impl AccountManager {
             last_probed: Some(now),
         };
         self.inner.store.create(&record).await?;
+        // A cell of an earlier account under this id (deleted and purged) is not this one.
+        self.inner
+            .cells
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&spec.id);
         self.emit(
             &spec.id,
             None,
@@ -294,7 +300,10 @@ impl AccountManager {
         let cell = self.fresh_cell(id).await?;
         let now = self.now();
         let commits = cell.commits.lock().await;
-        let from = cell.read().state().kind();
+        let (from, key) = {
+            let live = cell.read();
+            (live.state().kind(), Self::record_key(&live.record))
+        };
         let rec = self
             .commit(&cell, |r| {
                 if r.state.kind() == StateKind::Deleted {
@@ -308,9 +317,17 @@ impl AccountManager {
             })
             .await?;
         cell.write().observed = None;
-        let key = Self::record_key(&cell.read().record).or_else(|| Self::record_key(&rec));
         drop(commits);
-        self.emit_state_change(&rec, from, StateKind::Deleted);
+        self.emit(
+            &rec.id,
+            None,
+            key.clone(),
+            AuditAction::StateChange {
+                from: from.to_string(),
+                to: StateKind::Deleted.to_string(),
+            },
+            AuditOutcome::Success,
+        );
         self.emit(id, None, key, AuditAction::Deleted, AuditOutcome::Success);
         Ok(())
     }

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use super::Slot;
 use super::policy::Operation;
 use super::record::{AccountId, AccountRecord, AccountState, StateKind, WrappedAccountKey};
-use crate::envelope::{PreparedKey, Revoked};
+use crate::envelope::{Liveness, PreparedKey, Revoked};
 use crate::error::Error;
 use crate::secret::AesKey;
 
@@ -79,6 +79,9 @@ pub(crate) struct Live {
     pub(crate) reload: Option<(u64, Arc<Flight<ReloadResult>>)>,
     /// What this process knows of the revocation in the record: see [`Learned`].
     pub(crate) learned: Option<Learned>,
+    /// The revocation flag shared by every key of each slot handed out since the slot's last
+    /// revocation.
+    pub(crate) liveness: [Liveness; 3],
 }
 
 pub(crate) type KeyResult = Result<Unwrapped, Arc<Error>>;
@@ -97,14 +100,14 @@ impl Live {
         wrapped_of(&self.record, slot)
     }
 
-    /// Drops the cached keys of `slots` and revokes them: handles already given out stop
-    /// working.
+    /// Drops the cached keys of `slots` and revokes every key of those slots ever handed out
+    /// (they share the slot's flag); keys unwrapped from now on get a fresh flag.
     pub(crate) fn revoke(&mut self, slots: &[Slot], why: Revoked) {
         for &s in slots {
-            if let Some(c) = self.cache[s as usize].take() {
-                c.keys.prepared.revoke(why);
-            }
+            self.cache[s as usize] = None;
             self.failed[s as usize] = None;
+            let fresh = Liveness::new(self.record.id.as_str());
+            std::mem::replace(&mut self.liveness[s as usize], fresh).revoke(why);
         }
     }
 
@@ -253,8 +256,10 @@ impl Cell {
             generation: 0,
             observed: false,
         });
+        let liveness = std::array::from_fn(|_| Liveness::new(record.id.as_str()));
         let live = Live {
             record,
+            liveness,
             observed: None,
             cache: [None, None, None],
             flights: [None, None, None],
@@ -333,9 +338,9 @@ pub(crate) fn copy_error(e: &Error) -> Error {
             violation: violation.clone(),
         },
         Error::Format(f) => Error::Format(*f),
-        other => Error::Store {
-            message: other.to_string(),
-            source: None,
+        Error::Store { message, source } => Error::Store {
+            message: message.clone(),
+            source: source.clone(),
         },
     }
 }

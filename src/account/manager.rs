@@ -208,8 +208,9 @@ impl ChangeListener for Hints {
         let cells = inner.cells.read().unwrap_or_else(|p| p.into_inner());
         match change {
             StoreChange::Account { id, revision } => {
+                // Another revision than the copy's: newer, or a new account under a reused id.
                 if let Some(cell) = cells.get(&id)
-                    && cell.read().record.revision < revision
+                    && cell.read().record.revision != revision
                 {
                     cell.invalidate();
                 }
@@ -383,7 +384,11 @@ impl AccountManager {
                     continue;
                 }
                 Ok(flight) => {
-                    let guard = ReloadGuard { cell, flight };
+                    let guard = ReloadGuard {
+                        cell,
+                        flight,
+                        result: None,
+                    };
                     let hints = cell.hints.load(Ordering::Acquire);
                     let started = self.now_ns();
                     let result = match self.inner.store.get(&cell.id).await {
@@ -398,17 +403,22 @@ impl AccountManager {
                                     .unwrap_or_else(|p| p.into_inner())
                                     .remove(&cell.id);
                             }
-                            if cell.hints.load(Ordering::Acquire) == hints {
-                                cell.valid_until.store(
-                                    self.after(started, self.inner.config.record_max_age),
-                                    Ordering::Release,
-                                );
+                            // Valid until the bound, unless a hint arrived since the read
+                            // began (checked after the store, so none slips in between).
+                            cell.valid_until.store(
+                                self.after(started, self.inner.config.record_max_age),
+                                Ordering::Release,
+                            );
+                            if cell.hints.load(Ordering::Acquire) != hints {
+                                cell.valid_until.store(0, Ordering::Release);
                             }
                             Ok(())
                         }
                         Err(e) => Err(Arc::new(e)),
                     };
-                    guard.flight.finish(Some(result.clone()));
+                    let mut guard = guard;
+                    guard.result = Some(result.clone());
+                    drop(guard);
                     return result.map_err(|e| copy_error(&e));
                 }
             }
@@ -423,8 +433,28 @@ impl AccountManager {
     pub(crate) fn merge(&self, cell: &Cell, stored: Option<AccountRecord>) {
         let mut live = cell.write();
         let stored = match stored {
+            Some(s) if another_incarnation(&live.record, &s) => {
+                // Another account under a reused id (the old one's tombstone was purged):
+                // nothing of the copy carries over.
+                live.revoke(&ALL_SLOTS, Revoked::Deleted);
+                live.observed = None;
+                live.learned = (s.state.kind() == StateKind::KeyInaccessible).then(|| Learned {
+                    epoch: s.epoch,
+                    generation: cell.generation() + 1,
+                    observed: false,
+                });
+                live.record = s;
+                cell.bump();
+                return;
+            }
             Some(s) if s.revision > live.record.revision => s,
-            Some(_) => return,
+            Some(s) => {
+                // The same revision can carry a newer probe stamp (no revision change).
+                if s.revision == live.record.revision && s.last_probed > live.record.last_probed {
+                    live.record.last_probed = s.last_probed;
+                }
+                return;
+            }
             None => {
                 if live.record.state.kind() == StateKind::Deleted {
                     return;
@@ -502,10 +532,22 @@ impl AccountManager {
     }
 }
 
-/// Ends a reload flight however its leader ends (a dropped future lets waiters retry).
+/// Whether `stored` is another account than `copy` under the same id (the old one deleted,
+/// its tombstone purged, the id reused): deletion is final, and every account has its own
+/// creation time and its own random account-level key ids.
+fn another_incarnation(copy: &AccountRecord, stored: &AccountRecord) -> bool {
+    let key_ids = |r: &AccountRecord| r.platform_class_key.as_ref().map(|w| w.key_id.clone());
+    copy.created != stored.created
+        || (copy.state.kind() == StateKind::Deleted && stored.state.kind() != StateKind::Deleted)
+        || matches!((key_ids(copy), key_ids(stored)), (Some(a), Some(b)) if a != b)
+}
+
+/// Ends a reload flight however its leader ends (a dropped future lets waiters retry):
+/// clears the cell's flight first, then hands waiters the result.
 struct ReloadGuard<'a> {
     cell: &'a Cell,
     flight: Arc<Flight<super::live::ReloadResult>>,
+    result: Option<super::live::ReloadResult>,
 }
 
 impl Drop for ReloadGuard<'_> {
@@ -519,6 +561,6 @@ impl Drop for ReloadGuard<'_> {
             live.reload = None;
         }
         drop(live);
-        self.flight.finish(None);
+        self.flight.finish(self.result.take());
     }
 }

@@ -177,6 +177,7 @@ impl AccountManager {
                 .filter(|r| r.state.kind() != StateKind::Deleted)
                 .filter(|r| {
                     interval.is_zero()
+                        || self.observed_here(&r.id)
                         || r.last_probed.is_none_or(|p| {
                             now.duration_since(p).map_or(true, |age| age >= interval)
                         })
@@ -197,6 +198,18 @@ impl AccountManager {
             out.extend(Bounded::new(runs, self.inner.config.monitor_concurrency).await);
         }
         Ok(out)
+    }
+
+    /// Whether this process holds an observation of `id` that is not in the store (a
+    /// revocation whose persisting failed): the monitor probes it whatever other replicas did,
+    /// so it is persisted or cleared.
+    fn observed_here(&self, id: &AccountId) -> bool {
+        self.inner
+            .cells
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|c| c.read().observed.is_some())
     }
 
     /// Drops the in-process view of `id` (cache, record copy) so the next call reloads it.

@@ -319,7 +319,10 @@ impl InMemoryAccountStore {
                     record.revision.saturating_sub(1)
                 )));
             }
+            // The probe stamp never moves back (a commit carries its writer's older copy).
+            let last_probed = stored.last_probed.max(record.last_probed);
             *stored = record.clone();
+            stored.last_probed = last_probed;
         }
         self.notify(&record.id, record.revision);
         Ok(())

@@ -108,6 +108,14 @@ pub(crate) struct Liveness {
 }
 
 impl Liveness {
+    /// A live flag for keys of `account_id`.
+    pub(crate) fn new(account_id: &str) -> Self {
+        Self {
+            account_id: Arc::from(account_id),
+            flag: Arc::new(AtomicU8::new(0)),
+        }
+    }
+
     /// `Ok` while the key is live.
     ///
     /// # Errors
@@ -125,7 +133,7 @@ impl Liveness {
         }
     }
 
-    fn revoke(&self, why: Revoked) {
+    pub(crate) fn revoke(&self, why: Revoked) {
         // Deletion is final: a later revocation does not turn it back into KeyInaccessible.
         self.flag.fetch_max(why as u8, Ordering::AcqRel);
     }
@@ -202,6 +210,16 @@ impl PreparedKey {
     /// # Errors
     /// [`Error::InvalidInput`] if `account_id` is empty or longer than 255 bytes.
     pub fn new(account_id: &str, key: &AccountKey) -> Result<Self, Error> {
+        Self::with_liveness(account_id, key, Liveness::new(account_id))
+    }
+
+    /// [`new`](Self::new) sharing `liveness` with other keys (the account layer gives every
+    /// key of one account slot the same flag, so a revocation reaches all of them).
+    pub(crate) fn with_liveness(
+        account_id: &str,
+        key: &AccountKey,
+        liveness: Liveness,
+    ) -> Result<Self, Error> {
         check_id("account id", account_id)?;
         let mut fk = [0u8; 32];
         hkdf_sha256(
@@ -224,17 +242,8 @@ impl PreparedKey {
             fields: Gcm::new(&field_key),
             field_key,
             ahead: std::array::from_fn(|_| Shard::new()),
-            liveness: Liveness {
-                account_id: Arc::from(account_id),
-                flag: Arc::new(AtomicU8::new(0)),
-            },
+            liveness,
         })
-    }
-
-    /// Stops this key (and every stream started from it) from sealing or opening anything
-    /// more: called by the account layer on revocation and deletion.
-    pub(crate) fn revoke(&self, why: Revoked) {
-        self.liveness.revoke(why);
     }
 
     /// `Ok` while the key has not been revoked by its account.

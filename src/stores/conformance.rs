@@ -492,10 +492,19 @@ async fn probe_stamps_without_revision(c: &Ctx<'_>) -> CheckResult {
         got.last_probed == Some(t_us(10)),
         &format!("first probe: last_probed is {:?}", got.last_probed),
     )?;
-    // An update based on the record read before the probe does not conflict.
+    // An update based on the record read before the probe does not conflict, and does not
+    // move the probe stamp back to the writer's older copy.
     ok(
         c.store.update(&next(&r, "after-probe")).await,
         "update after a probe",
+    )?;
+    let got = c.get(&r.id).await?.ok_or("probed record is missing")?;
+    check(
+        got.last_probed == Some(t_us(100)),
+        &format!(
+            "an update based on a pre-probe read moved last_probed to {:?}",
+            got.last_probed
+        ),
     )?;
     ok(
         c.store.record_probe(&c.id("probe-missing")?, t_us(1)).await,
