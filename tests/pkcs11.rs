@@ -30,6 +30,8 @@ use cryptoki::types::AuthPin;
 /// The second token, used only by the wrong-PIN test (so its first login is really checked
 /// by `C_Login`, not answered with "already logged in").
 const PIN_TOKEN: &str = "byok-pin-test";
+/// The third token, used only by the test of a login made by another component.
+const FOREIGN_TOKEN: &str = "byok-foreign-login";
 const MARKER: &str = "BYOK_PKCS11_TEST_CHILD";
 
 struct Fixture {
@@ -57,7 +59,8 @@ fn fixture() -> &'static Fixture {
             reexec_with_token();
         }
         let var = |n: &str| std::env::var(n).unwrap_or_default();
-        ensure_pin_token(&var("SOFTHSM2_CONF"));
+        ensure_token(&var("SOFTHSM2_CONF"), PIN_TOKEN);
+        ensure_token(&var("SOFTHSM2_CONF"), FOREIGN_TOKEN);
         Fixture {
             module: var("BYOK_PKCS11_MODULE").into(),
             label: var("BYOK_PKCS11_TOKEN_LABEL"),
@@ -113,25 +116,26 @@ fn reexec_with_token() -> ! {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-fn ensure_pin_token(conf: &str) {
+/// Creates the token `label` (PIN 5678) unless it exists.
+fn ensure_token(conf: &str, label: &str) {
     let show = Command::new("softhsm2-util")
         .arg("--show-slots")
         .env("SOFTHSM2_CONF", conf)
         .output()
         .expect("softhsm2-util");
-    let listed = String::from_utf8_lossy(&show.stdout).lines().any(|l| {
-        l.trim() == format!("Label:            {PIN_TOKEN}") || l.trim().ends_with(PIN_TOKEN)
-    });
+    let listed = String::from_utf8_lossy(&show.stdout)
+        .lines()
+        .any(|l| l.trim() == format!("Label:            {label}") || l.trim().ends_with(label));
     if !listed {
         let out = Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", PIN_TOKEN])
+            .args(["--init-token", "--free", "--label", label])
             .args(["--so-pin", "1234", "--pin", "5678"])
             .env("SOFTHSM2_CONF", conf)
             .output()
             .expect("softhsm2-util");
         assert!(
             out.status.success(),
-            "cannot create token {PIN_TOKEN}: {}",
+            "cannot create token {label}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -139,7 +143,10 @@ fn ensure_pin_token(conf: &str) {
 
 fn config(hash: OaepHash) -> Pkcs11Config {
     let f = fixture();
-    Pkcs11Config::new(&f.module, &f.label, SecretString::new(f.pin.clone())).with_oaep_hash(hash)
+    // The raw sessions of other tests (playing other tools) may log in to this token first.
+    Pkcs11Config::new(&f.module, &f.label, SecretString::new(f.pin.clone()))
+        .with_oaep_hash(hash)
+        .with_accept_existing_login(true)
 }
 
 async fn provider() -> Pkcs11Provider {
@@ -1063,4 +1070,113 @@ async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
         accounts.delete_account(id).await.expect("delete");
     }
     eprintln!("account on a token key: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_get_only_the_usages_they_need() {
+    let hsm = provider().await;
+    let (rsa, aes) = (unique("usage-rsa"), unique("usage-aes"));
+    hsm.create_key(&rsa, KeySpec::Rsa(2048)).await.expect("RSA");
+    hsm.create_key(&aes, KeySpec::Aes256).await.expect("AES");
+    let s = raw_session();
+    let usages = |class, name: &str| {
+        let h = objects(&s, class, name, "1");
+        assert_eq!(h.len(), 1, "{name}");
+        s.get_attributes(
+            h[0],
+            &[
+                AttributeType::Encrypt,
+                AttributeType::Decrypt,
+                AttributeType::Wrap,
+                AttributeType::Unwrap,
+            ],
+        )
+        .expect("attributes")
+    };
+    let rsa_private = usages(ObjectClass::PRIVATE_KEY, &rsa);
+    assert!(
+        rsa_private.contains(&Attribute::Decrypt(true)),
+        "{rsa_private:?}"
+    );
+    assert!(
+        rsa_private.contains(&Attribute::Unwrap(false)),
+        "{rsa_private:?}"
+    );
+    let rsa_public = usages(ObjectClass::PUBLIC_KEY, &rsa);
+    assert!(
+        rsa_public.contains(&Attribute::Encrypt(true)),
+        "{rsa_public:?}"
+    );
+    assert!(
+        rsa_public.contains(&Attribute::Wrap(false)),
+        "{rsa_public:?}"
+    );
+    let aes_key = usages(ObjectClass::SECRET_KEY, &aes);
+    for a in [
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+    ] {
+        assert!(aes_key.contains(&a), "{a:?} in {aes_key:?}");
+    }
+    // Disabling and enabling keep that; both keys still do their one job.
+    for name in [&rsa, &aes] {
+        hsm.set_enabled(name, "1", false).await.expect("disable");
+        assert!(
+            !hsm.key_properties(name, Some("1"))
+                .await
+                .expect("props")
+                .enabled
+        );
+        hsm.set_enabled(name, "1", true).await.expect("enable");
+    }
+    let aes_key = usages(ObjectClass::SECRET_KEY, &aes);
+    assert!(aes_key.contains(&Attribute::Decrypt(false)), "{aes_key:?}");
+    let rsa_private = usages(ObjectClass::PRIVATE_KEY, &rsa);
+    assert!(
+        rsa_private.contains(&Attribute::Unwrap(false)),
+        "{rsa_private:?}"
+    );
+    for (name, alg) in [
+        (&rsa, WrapAlgorithm::RsaOaep),
+        (&aes, WrapAlgorithm::A256Kw),
+    ] {
+        let w = hsm
+            .wrap_key(name, None, alg, &[9u8; 32])
+            .await
+            .expect("wrap");
+        assert_eq!(
+            hsm.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+            [9u8; 32]
+        );
+    }
+    drop(s);
+    for name in [&rsa, &aes] {
+        hsm.delete_key(name).await.expect("delete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_by_another_component_is_not_taken_on_trust() {
+    let f = fixture();
+    let on_foreign = |pin: &str| {
+        Pkcs11Config::new(&f.module, FOREIGN_TOKEN, SecretString::new(pin))
+            .with_oaep_hash(OaepHash::Sha1)
+    };
+    // Another component of the process logs in first: C_Login would answer "already logged
+    // in" whatever PIN the provider brings.
+    let other = raw_session_on(FOREIGN_TOKEN);
+    for pin in ["0000", "5678"] {
+        let e = Pkcs11Provider::connect(on_foreign(pin))
+            .await
+            .expect_err("an unchecked PIN is refused");
+        assert_eq!(e.kind(), K::InvalidRequest, "{e}");
+        assert!(e.message().contains("with_accept_existing_login"), "{e}");
+    }
+    let trusted = Pkcs11Provider::connect(on_foreign("5678").with_accept_existing_login(true))
+        .await
+        .expect("the other component is trusted");
+    assert!(trusted.key_properties("absent", None).await.is_err());
+    drop((trusted, other));
 }

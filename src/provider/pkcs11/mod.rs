@@ -77,6 +77,7 @@ pub struct Pkcs11Config {
     oaep_hash: OaepHash,
     threads: usize,
     vault: Option<VaultProperties>,
+    accept_existing_login: bool,
 }
 
 impl Pkcs11Config {
@@ -95,6 +96,7 @@ impl Pkcs11Config {
             oaep_hash: OaepHash::Sha256,
             threads: 4,
             vault: None,
+            accept_existing_login: false,
         }
     }
 
@@ -136,6 +138,16 @@ impl Pkcs11Config {
     /// `RSA-OAEP`, and `RSA-OAEP-256` is refused with `InvalidRequest` naming the mechanism.
     pub fn with_oaep_hash(mut self, hash: OaepHash) -> Self {
         self.oaep_hash = hash;
+        self
+    }
+
+    /// Whether to use a token that another component of this process has already logged in
+    /// to (default: no). PKCS#11 login state is per process: `C_Login` then answers "already
+    /// logged in" without checking this configuration's PIN, so the provider cannot tell
+    /// whether its PIN is right; by default it refuses such a token (`InvalidRequest`, naming
+    /// this setting). Turn it on only when that other component is trusted with the token.
+    pub fn with_accept_existing_login(mut self, on: bool) -> Self {
+        self.accept_existing_login = on;
         self
     }
 
@@ -184,6 +196,7 @@ impl fmt::Debug for Pkcs11Config {
             .field("pin", &self.pin)
             .field("oaep_hash", &self.oaep_hash)
             .field("threads", &self.threads)
+            .field("accept_existing_login", &self.accept_existing_login)
             .finish()
     }
 }
@@ -225,18 +238,21 @@ impl Pkcs11Provider {
     /// provider's own threads, never on the caller's executor.
     ///
     /// # Errors
-    /// `Forbidden` for a wrong or locked PIN; `VaultNotFound` when no initialised token has the
-    /// label; `Unsupported` when the token lacks the mechanisms; `Unavailable` when the module
+    /// `Forbidden` for a wrong or locked PIN; `InvalidRequest` when another component of the
+    /// process is already logged in to the token and
+    /// [`Pkcs11Config::with_accept_existing_login`] is off; `VaultNotFound` when no
+    /// initialised token has the label; `Unsupported` when the token lacks the mechanisms; `Unavailable` when the module
     /// cannot be loaded or the device fails.
     pub async fn connect(config: Pkcs11Config) -> Result<Self, ProviderError> {
         let pool = BlockingPool::new(config.threads)?;
-        let (module, label, pin) = (
+        let (module, label, pin, accept) = (
             config.module.clone(),
             config.token_label.clone(),
             config.pin.clone(),
+            config.accept_existing_login,
         );
         let token = pool
-            .run(move || Token::connect(&module, &label, &pin))
+            .run(move || Token::connect(&module, &label, &pin, accept))
             .await?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -293,6 +309,16 @@ impl VersionInfo {
 
     fn is_aes(&self) -> bool {
         self.key_type == Some(P11KeyType::AES)
+    }
+
+    /// Whether the version is enabled: the one usage the provider needs of it is granted
+    /// (`CKA_UNWRAP` of an AES key, `CKA_DECRYPT` of an RSA or EC private key).
+    fn enabled(&self) -> bool {
+        if self.is_aes() {
+            self.unwrap
+        } else {
+            self.decrypt
+        }
     }
 }
 
@@ -412,12 +438,15 @@ impl Inner {
                 if all.is_empty() {
                     return Err(not_found(format!("no key {name} on the token")));
                 }
-                all.into_iter().rev().find(|v| v.decrypt).ok_or_else(|| {
-                    Fail::Provider(ProviderError::new(
-                        K::KeyDisabled,
-                        format!("key {name} has no enabled version"),
-                    ))
-                })
+                all.into_iter()
+                    .rev()
+                    .find(VersionInfo::enabled)
+                    .ok_or_else(|| {
+                        Fail::Provider(ProviderError::new(
+                            K::KeyDisabled,
+                            format!("key {name} has no enabled version"),
+                        ))
+                    })
             }
         }
     }
@@ -493,19 +522,18 @@ impl Inner {
         let mut operations = Vec::new();
         if v.is_rsa() {
             if v.decrypt {
-                operations.extend([KeyOperation::WrapKey, KeyOperation::Encrypt]);
-                operations.push(KeyOperation::Decrypt);
+                // Unwrapping is an RSA-OAEP decryption on the token.
+                operations.extend([
+                    KeyOperation::WrapKey,
+                    KeyOperation::UnwrapKey,
+                    KeyOperation::Encrypt,
+                    KeyOperation::Decrypt,
+                ]);
             }
+        } else if v.is_aes() {
             if v.unwrap {
-                operations.push(KeyOperation::UnwrapKey);
+                operations.extend([KeyOperation::WrapKey, KeyOperation::UnwrapKey]);
             }
-        } else if v.is_aes() && v.decrypt {
-            operations.extend([
-                KeyOperation::WrapKey,
-                KeyOperation::UnwrapKey,
-                KeyOperation::Encrypt,
-                KeyOperation::Decrypt,
-            ]);
         } else if v.decrypt {
             operations.extend([KeyOperation::Sign, KeyOperation::Verify]);
         }
@@ -514,7 +542,7 @@ impl Inner {
             name: name.to_owned(),
             version: v.version(),
             key_type,
-            enabled: v.decrypt,
+            enabled: v.enabled(),
             operations,
             // PKCS#11 has no creation time (CKA_START_DATE is optional, day-precision and
             // not readable through SoftHSM 2.6 + cryptoki): reported as unknown (the epoch).
@@ -635,7 +663,7 @@ impl Inner {
             self.token
                 .with_session(&format!("wrap with key {name}"), |s| {
                     let v = self.resolve(s, name, version)?;
-                    if !v.decrypt {
+                    if !v.enabled() {
                         return Err(Fail::Provider(ProviderError::new(
                             K::KeyDisabled,
                             format!("version {} of key {name} is disabled", v.number),
@@ -747,8 +775,9 @@ impl Inner {
                         Attribute::Sensitive(true),
                         Attribute::Extractable(false),
                         Attribute::Modifiable(true),
-                        Attribute::Encrypt(true),
-                        Attribute::Decrypt(true),
+                        // Only what the provider does with it: AES key wrap (RFC 3394).
+                        Attribute::Encrypt(false),
+                        Attribute::Decrypt(false),
                         Attribute::Wrap(true),
                         Attribute::Unwrap(true),
                     ],
@@ -763,8 +792,9 @@ impl Inner {
             Attribute::Id(id.clone()),
             Attribute::ModulusBits(u64::from(bits).into()),
             Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+            // Wrapping is RSA-OAEP encryption (done locally with the public key).
             Attribute::Encrypt(true),
-            Attribute::Wrap(true),
+            Attribute::Wrap(false),
             Attribute::Verify(false),
         ];
         let private = [
@@ -775,8 +805,9 @@ impl Inner {
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Modifiable(true),
+            // Unwrapping is RSA-OAEP decryption (C_Decrypt), nothing else.
             Attribute::Decrypt(true),
-            Attribute::Unwrap(true),
+            Attribute::Unwrap(false),
             Attribute::Sign(false),
         ];
         s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
@@ -856,7 +887,7 @@ impl Inner {
             Attribute::Extractable(false),
             Attribute::Modifiable(true),
             Attribute::Decrypt(true),
-            Attribute::Unwrap(true),
+            Attribute::Unwrap(false),
             Attribute::Sign(false),
             Self::label(name),
             Attribute::Id(id.clone()),
@@ -879,7 +910,7 @@ impl Inner {
             Attribute::Modulus(n.to_vec()),
             Attribute::PublicExponent(e.to_vec()),
             Attribute::Encrypt(true),
-            Attribute::Wrap(true),
+            Attribute::Wrap(false),
             Attribute::Verify(false),
         ];
         let r = s
@@ -1101,17 +1132,18 @@ impl VaultAdmin for Pkcs11Provider {
                         s.update_attributes(
                             v.private,
                             &[
-                                Attribute::Decrypt(enabled),
-                                Attribute::Unwrap(enabled),
-                                Attribute::Encrypt(enabled),
                                 Attribute::Wrap(enabled),
+                                Attribute::Unwrap(enabled),
+                                // Never granted (keys of earlier versions had them).
+                                Attribute::Encrypt(false),
+                                Attribute::Decrypt(false),
                             ],
                         )?;
                         return Ok(());
                     }
                     s.update_attributes(
                         v.private,
-                        &[Attribute::Decrypt(enabled), Attribute::Unwrap(enabled)],
+                        &[Attribute::Decrypt(enabled), Attribute::Unwrap(false)],
                     )?;
                     let publics = s.find_objects(&[
                         Attribute::Class(ObjectClass::PUBLIC_KEY),
@@ -1121,7 +1153,7 @@ impl VaultAdmin for Pkcs11Provider {
                     for h in publics {
                         s.update_attributes(
                             h,
-                            &[Attribute::Encrypt(enabled), Attribute::Wrap(enabled)],
+                            &[Attribute::Encrypt(enabled), Attribute::Wrap(false)],
                         )?;
                     }
                     Ok(())

@@ -95,6 +95,8 @@ pub(super) struct Token {
     token_key: String,
     pin: AuthPin,
     verifier: [u8; 32],
+    /// Use a login made by another component of the process (whose PIN cannot be checked).
+    accept_existing_login: bool,
     idle: Mutex<Vec<Session>>,
     /// Never used for operations: it stays open so that the login persists (closing the last
     /// session of an application logs it out).
@@ -111,6 +113,7 @@ impl Token {
         module: &Path,
         label: &str,
         pin: &SecretString,
+        accept_existing_login: bool,
     ) -> Result<Self, ProviderError> {
         let module = load_module(module)?;
         let ctx = &module.ctx;
@@ -159,6 +162,7 @@ impl Token {
             token_key,
             pin: AuthPin::from(pin.expose_secret()),
             verifier: pin_verifier(pin.expose_secret()),
+            accept_existing_login,
             idle: Mutex::new(Vec::new()),
             anchor: Mutex::new(None),
             handles: Mutex::new(HashMap::new()),
@@ -199,7 +203,16 @@ impl Token {
                         "PIN incorrect (the token is already logged in with another PIN in this \
                          process)",
                     )),
-                    _ => Ok(()),
+                    Some(_) => Ok(()),
+                    // Logged in by another component: this PIN was never checked.
+                    None if self.accept_existing_login => Ok(()),
+                    None => Err(ProviderError::new(
+                        K::InvalidRequest,
+                        "the token is already logged in by another component of this process, \
+                         so this PIN cannot be checked; set \
+                         Pkcs11Config::with_accept_existing_login(true) if that component is \
+                         trusted with the token",
+                    )),
                 }
             }
             Err(e) => Err(map_error(&e, "C_Login")),
