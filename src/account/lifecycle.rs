@@ -387,11 +387,24 @@ impl AccountManager {
     pub async fn accounts(&self) -> Result<Vec<AccountRecord>, Error> {
         let mut out = Vec::new();
         for rec in self.inner.store.list().await? {
-            if rec.state.kind() != StateKind::Deleted {
-                let cell = self.cell(&rec.id).await?;
-                self.merge(&cell, Some(rec));
-                out.push(Self::view(&cell));
+            if rec.state.kind() == StateKind::Deleted {
+                continue;
             }
+            // The listed record is as fresh as a re-read: no second read per account.
+            let known = self
+                .inner
+                .cells
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&rec.id)
+                .cloned();
+            out.push(match known {
+                Some(cell) => {
+                    self.merge(&cell, Some(rec));
+                    Self::view(&cell)
+                }
+                None => rec,
+            });
         }
         Ok(out)
     }
