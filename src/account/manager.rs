@@ -522,11 +522,13 @@ impl AccountManager {
     /// The key that wraps `slot` for the platform slots.
     pub(crate) fn platform_for(&self, slot: Slot) -> Result<&PlatformKey, Error> {
         match slot {
-            Slot::Infrastructure => {
-                self.inner.infrastructure.as_ref().ok_or_else(|| {
-                    Error::InvalidInput("no infrastructure key is configured".into())
-                })
-            }
+            Slot::Infrastructure => self.inner.infrastructure.as_ref().ok_or_else(|| {
+                Error::InvalidInput(
+                    "double encryption needs an infrastructure key: none is configured \
+                         (AccountManagerBuilder::infrastructure_key)"
+                        .into(),
+                )
+            }),
             _ => Ok(&self.inner.platform),
         }
     }

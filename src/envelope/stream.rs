@@ -377,7 +377,9 @@ impl<W: Write> SealWriter<W> {
     ///
     /// # Errors
     /// Any error of the inner writer; [`Error::InvalidInput`] (inside the `io::Error`) if the
-    /// object exceeded 2^32 chunks.
+    /// object exceeded 2^32 chunks; [`Error::KeyInaccessible`] / [`Error::AccountNotFound`]
+    /// (inside an `io::Error`: `e.get_ref().and_then(|i| i.downcast_ref::<byok::Error>())`)
+    /// once the account layer revoked the key — every chunk checks.
     pub fn finish(mut self) -> io::Result<W> {
         self.emit(true)?;
         self.inner.flush()?;
