@@ -46,9 +46,9 @@ impl fmt::Debug for Credential {
 enum Lease {
     /// Not looked up yet.
     Unchecked,
-    /// The lookup failed (not permitted, or the server did not answer): used as it is; a 403
-    /// will tell whether it still works.
-    Unknown,
+    /// The lookup failed (not permitted, or the server did not answer): used as it is (a 403
+    /// will tell whether it still works), looked up again from `recheck` on.
+    Unknown { recheck: Instant },
     /// The token does not expire (a root or periodic token without TTL).
     Forever,
     /// Expires at `at`; `period` is the lease a renewal asks for.
@@ -108,6 +108,9 @@ struct AuthEnvelope {
     auth: Option<AuthInfo>,
 }
 
+/// How long a token whose lookup failed is used before the lookup is tried again.
+const RECHECK: Duration = Duration::from_secs(60);
+
 /// A token is renewed (or, for AppRole, replaced) once less than half its lease is left.
 fn due(at: Instant, period: Duration, now: Instant) -> bool {
     at.saturating_duration_since(now) <= period / 2
@@ -151,7 +154,8 @@ impl Auth {
         let t = s.token.clone()?;
         match s.lease {
             Lease::Unchecked => None,
-            Lease::Unknown | Lease::Forever => Some(t),
+            Lease::Unknown { recheck } if now >= recheck => None,
+            Lease::Unknown { .. } | Lease::Forever => Some(t),
             Lease::Expires {
                 at,
                 period,
@@ -202,24 +206,26 @@ impl Auth {
         };
         let now = Instant::now();
         match (token, lease) {
-            (Some(t), Lease::Unchecked) => {
+            (Some(t), Lease::Unchecked | Lease::Unknown { .. }) => {
                 let lease = match self.lookup(conn, &t).await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::debug!(error = %e, "Transit token lookup-self failed; using the token as it is");
-                        Lease::Unknown
+                        Lease::Unknown {
+                            recheck: Instant::now() + RECHECK,
+                        }
                     }
                 };
                 self.set(&t, lease);
-                if force
-                    && matches!(
-                        lease,
-                        Lease::Expires {
-                            renewable: true,
-                            ..
-                        }
-                    )
-                {
+                let due_now = match lease {
+                    Lease::Expires {
+                        at,
+                        period,
+                        renewable: true,
+                    } => force || due(at, period, Instant::now()),
+                    _ => false,
+                };
+                if due_now {
                     return self.renew(conn, t, lease).await;
                 }
                 Ok(t)
@@ -232,24 +238,8 @@ impl Auth {
                     ..
                 },
             ) if at > now => self.renew(conn, t, l).await,
-            (Some(t), l) if !self.is_approle() => {
-                if force && l == Lease::Unknown {
-                    // Learn the lease again (e.g. after the operator fixed the token's policy).
-                    let lease = self.lookup(conn, &t).await?;
-                    self.set(&t, lease);
-                    if matches!(
-                        lease,
-                        Lease::Expires {
-                            renewable: true,
-                            ..
-                        }
-                    ) {
-                        return self.renew(conn, t, lease).await;
-                    }
-                }
-                Ok(t)
-            }
-            (Some(t), Lease::Forever | Lease::Unknown) if !force => Ok(t),
+            (Some(t), Lease::Forever) if !force || !self.is_approle() => Ok(t),
+            (Some(t), Lease::Expires { .. }) if !self.is_approle() => Ok(t),
             _ => self.login(conn).await,
         }
     }
