@@ -26,10 +26,10 @@ fn main() {
         .expect("tokio runtime");
 
     let (transit, transit_blob) = rt.block_on(async {
-        let admin = TransitAdmin::new(TransitConfig::new(
-            &server.addr,
-            SecretString::new(server.root_token.clone()),
-        ))
+        let admin = TransitAdmin::new(
+            TransitConfig::new(&server.addr, SecretString::new(server.root_token.clone()))
+                .allow_insecure_http(true),
+        )
         .expect("admin");
         admin
             .create_key("bench-rsa2048", KeySpec::Rsa(2048))

@@ -23,8 +23,9 @@ use transit_support::{Server, shared};
 
 const SECRET: [u8; 32] = [0x42; 32];
 
+/// The dev servers are plain HTTP on loopback (except the TLS one): the tests opt in.
 fn root_config(s: &Server) -> TransitConfig {
-    TransitConfig::new(&s.addr, SecretString::new(s.root_token.clone()))
+    TransitConfig::new(&s.addr, SecretString::new(s.root_token.clone())).allow_insecure_http(true)
 }
 
 fn admin(s: &Server) -> TransitAdmin {
@@ -43,15 +44,29 @@ fn unique(label: &str) -> String {
 
 /// A raw call with the root token, for what the provider API does not cover.
 async fn raw(s: &Server, method: reqwest::Method, path: &str, body: serde_json::Value) -> u16 {
-    reqwest::Client::new()
+    raw_json(s, method, path, body).await.0
+}
+
+/// A raw call with the root token: status and JSON body (`null` when there is none).
+async fn raw_json(
+    s: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
         .request(method, format!("{}/v1/{path}", s.addr))
         .header("X-Vault-Token", &s.root_token)
         .json(&body)
         .send()
         .await
-        .expect("raw request")
-        .status()
-        .as_u16()
+        .expect("raw request");
+    let status = resp.status().as_u16();
+    let v = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, v)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,8 +91,10 @@ async fn conformance_suite_passes_on_openbao_transit() {
     );
 }
 
+/// Scoped by policy: another key is `Forbidden` (definitive). The service's own token revoked:
+/// not the tenant's doing, so a transient `Unavailable` naming the credential.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_token_is_forbidden_and_the_token_never_leaks() {
+async fn policy_denial_is_forbidden_revoked_service_token_is_transient_and_never_leaks() {
     let s = shared();
     let admin = admin(s);
     let (a, b) = (unique("scoped-a"), unique("scoped-b"));
@@ -90,16 +107,13 @@ async fn revoked_token_is_forbidden_and_the_token_never_leaks() {
         .await
         .expect("policy");
     let policy = TransitAdmin::policy_name(&who);
-    let resp: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v1/auth/token/create", s.addr))
-        .header("X-Vault-Token", &s.root_token)
-        .json(&serde_json::json!({ "policies": [policy], "ttl": "1h" }))
-        .send()
-        .await
-        .expect("token create")
-        .json()
-        .await
-        .expect("json");
+    let (_, resp) = raw_json(
+        s,
+        reqwest::Method::POST,
+        "auth/token/create",
+        serde_json::json!({ "policies": [policy], "ttl": "1h" }),
+    )
+    .await;
     let token = resp["auth"]["client_token"]
         .as_str()
         .expect("client_token")
@@ -143,13 +157,14 @@ async fn revoked_token_is_forbidden_and_the_token_never_leaks() {
             .await
             .expect_err("wrap after revoke"),
     ] {
-        assert_eq!(e.kind(), K::Forbidden, "{e}");
-        assert!(e.is_definitive());
+        assert_eq!(e.kind(), K::Unavailable, "{e}");
+        assert!(e.is_transient() && !e.is_definitive());
         assert!(e.message().contains("permission denied"), "{e}");
+        assert!(e.message().contains("service's own credential"), "{e}");
         assert!(!e.message().contains(&token), "the token leaked: {e}");
         assert!(!format!("{e:?}").contains(&token));
     }
-    // Definitive answers are not retried.
+    // A 403 is not retried: one lookup-self tells whose fault it is.
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(!format!("{p:?}").contains(&token));
 }
@@ -484,6 +499,16 @@ fn canned(status: u16, body: &'static str) -> (String, Arc<AtomicUsize>) {
             let Ok(mut c) = conn else { return };
             let mut buf = [0u8; 8192];
             let n = c.read(&mut buf).unwrap_or(0);
+            // The token is fine (a 403 is then the policy's): lookup-self answers.
+            if buf[..n].starts_with(b"GET /v1/auth/token/lookup-self") {
+                let ok = r#"{"data":{"ttl":0,"renewable":false}}"#;
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ok}",
+                    ok.len()
+                );
+                continue;
+            }
             // Count the operations (POST), not the error-refining reads (GET).
             if buf[..n].starts_with(b"POST") {
                 h.fetch_add(1, Ordering::SeqCst);
@@ -531,7 +556,9 @@ async fn only_transient_answers_are_retried_and_timeouts_are_bounded() {
     ] {
         let (addr, hits) = canned(status, body);
         let p = TransitProvider::new(
-            TransitConfig::new(&addr, SecretString::new("s.canned-token")).retry(retry),
+            TransitConfig::new(&addr, SecretString::new("s.canned-token"))
+                .allow_insecure_http(true)
+                .retry(retry),
         )
         .expect("provider");
         let e = p.unwrap_key(&blob).await.expect_err("canned failure");
@@ -545,6 +572,7 @@ async fn only_transient_answers_are_retried_and_timeouts_are_bounded() {
     let addr = format!("http://{}", black_hole.local_addr().expect("addr"));
     let p = TransitProvider::new(
         TransitConfig::new(&addr, SecretString::new("t"))
+            .allow_insecure_http(true)
             .request_timeout(Duration::from_millis(200))
             .retry(RetryPolicy::new(
                 1,
@@ -633,7 +661,11 @@ fn transit_policy(cache_max_age: Duration) -> Policy {
 
 impl TransitAccounts {
     async fn on(s: &Server, retry: RetryPolicy) -> TransitAccounts {
-        let admin = Arc::new(TransitAdmin::new(root_config(s).retry(retry)).expect("admin"));
+        Self::with_admin(TransitAdmin::new(root_config(s).retry(retry)).expect("admin")).await
+    }
+
+    async fn with_admin(admin: TransitAdmin) -> TransitAccounts {
+        let admin = Arc::new(admin);
         let host = admin.owner_provider().vault_host().to_owned();
         assert!(host.starts_with("127.0.0.1:"), "{host}");
         let directory = Arc::new(VaultDirectory::new());
@@ -970,7 +1002,7 @@ async fn an_account_stays_active_through_a_transit_outage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_token_or_soft_deleted_key_locks_the_account_until_restored() {
+async fn revoked_policy_or_soft_deleted_key_locks_the_account_until_restored() {
     let w = TransitAccounts::on(shared(), RetryPolicy::default()).await;
     let policy = transit_policy(Duration::from_secs(300));
     let revoked = w.account("revoked", policy.clone()).await;
@@ -985,7 +1017,7 @@ async fn revoked_token_or_soft_deleted_key_locks_the_account_until_restored() {
         objects.push(o);
     }
 
-    // The identity's token is revoked (and its policy deleted).
+    // The identity's policy is deleted (its token stays valid: the denial is the tenant's).
     w.admin
         .remove_identity(&revoked.identity)
         .await
@@ -1050,4 +1082,511 @@ async fn revoked_token_or_soft_deleted_key_locks_the_account_until_restored() {
             ["Active->KeyInaccessible", "KeyInaccessible->Active"]
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening (issue 16): error hygiene, transport policy, the service's own credential.
+// ---------------------------------------------------------------------------------------------
+
+/// A distinctive 32-byte secret, and every form of it that must never reach an error.
+const PLAIN: [u8; 32] = [
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,
+    0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f,
+];
+const PLAIN_B64: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A loopback HTTP/1.1 server (tokio) that answers `lookup-self` and `GET keys/k` like Transit
+/// (an AES-256 key) and every POST with `answer(request body)`.
+async fn hostile(answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = format!("http://{}", l.local_addr().expect("addr"));
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = l.accept().await else {
+                return;
+            };
+            let answer = Arc::clone(&answer);
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then as much body as Content-Length says.
+                let (head_end, len) = loop {
+                    let Ok(n) = c.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&req[..i]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (i + 4, len);
+                    }
+                };
+                while req.len() < head_end + len {
+                    let Ok(n) = c.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                let head = String::from_utf8_lossy(&req[..head_end]).into_owned();
+                let body = String::from_utf8_lossy(&req[head_end..]).into_owned();
+                let ok = |b: &str| {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                        b.len()
+                    )
+                    .into_bytes()
+                };
+                let out = if head.starts_with("GET /v1/auth/token/lookup-self") {
+                    ok(r#"{"data":{"ttl":0,"renewable":false}}"#)
+                } else if head.starts_with("GET /v1/transit/keys/k ") {
+                    ok(
+                        r#"{"data":{"type":"aes256-gcm96","keys":{"1":1700000000},"latest_version":1,"min_decryption_version":1,"min_encryption_version":0,"supports_encryption":true,"supports_decryption":true}}"#,
+                    )
+                } else {
+                    answer(&body)
+                };
+                let _ = c.write_all(&out).await;
+                let _ = c.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn assert_clean(e: &byok::ProviderError, what: &str) {
+    let shown = format!("{e} {e:?}");
+    println!("{what}: {} chars: {e}", shown.len());
+    assert!(shown.len() < 2048, "{what}: {} chars", shown.len());
+    for bad in [PLAIN_B64, &PLAIN_B64[..16], &PLAIN_B64[20..40], "plaintext"] {
+        assert!(
+            !shown.contains(bad),
+            "{what}: the secret leaked ({bad}): {shown}"
+        );
+    }
+    assert!(!shown.chars().any(|c| c.is_control()), "{what}: {shown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_text_is_bounded_and_never_carries_the_request() {
+    let five_mb = |with_len: bool| {
+        move |_: &str| {
+            let body = "A".repeat(5 * 1024 * 1024);
+            let len = if with_len {
+                format!("Content-Length: {}\r\n", body.len())
+            } else {
+                String::new()
+            };
+            format!("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n{len}Connection: close\r\n\r\n{body}")
+                .into_bytes()
+        }
+    };
+    let echo_html = |body: &str| {
+        let page = format!(
+            "<html><body><h1>502 Bad Gateway</h1>\n\x1b[31mupstream refused\r\n<pre>{body}</pre></body></html>"
+        );
+        format!("HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}", page.len()).into_bytes()
+    };
+    let echo_json = |body: &str| {
+        let page = serde_json::json!({ "errors": [format!("1 error occurred:\n\t* cannot parse {body}\n\n")] }).to_string();
+        format!("HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}", page.len()).into_bytes()
+    };
+    let servers: Vec<(&str, String)> = vec![
+        (
+            "400 with 5 MB (Content-Length)",
+            hostile(five_mb(true)).await,
+        ),
+        (
+            "400 with 5 MB (read to close)",
+            hostile(five_mb(false)).await,
+        ),
+        ("502 page echoing the request", hostile(echo_html).await),
+        (
+            "400 JSON error echoing the request",
+            hostile(echo_json).await,
+        ),
+    ];
+    for (what, addr) in servers {
+        let p = TransitProvider::new(
+            TransitConfig::new(&addr, SecretString::new("s.hostile-token"))
+                .allow_insecure_http(true)
+                .retry(RetryPolicy::new(
+                    1,
+                    Duration::from_millis(5),
+                    Duration::from_millis(5),
+                )),
+        )
+        .expect("provider");
+        let e = p
+            .wrap_key("k", None, WrapAlgorithm::A256Kw, &PLAIN)
+            .await
+            .expect_err(what);
+        assert_clean(&e, what);
+        assert!(!format!("{e:?}").contains("hostile-token"));
+        let blob = WrappedKey {
+            key_name: "k".into(),
+            key_version: "1".into(),
+            algorithm: WrapAlgorithm::A256Kw,
+            ciphertext: PLAIN.repeat(2),
+        };
+        let e = p.unwrap_key(&blob).await.expect_err(what);
+        assert_clean(&e, what);
+    }
+    // A success answer over the cap is not read either.
+    let addr = hostile(|_| {
+        let body = format!(
+            r#"{{"data":{{"ciphertext":"{}"}}}}"#,
+            "A".repeat(5 * 1024 * 1024)
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{body}"
+        )
+        .into_bytes()
+    })
+    .await;
+    let p = TransitProvider::new(
+        TransitConfig::new(&addr, SecretString::new("t"))
+            .allow_insecure_http(true)
+            .retry(RetryPolicy::none()),
+    )
+    .expect("provider");
+    let e = p
+        .wrap_key("k", None, WrapAlgorithm::A256Kw, &PLAIN)
+        .await
+        .expect_err("oversized answer");
+    assert_eq!(e.kind(), K::Unavailable, "{e}");
+    assert!(e.message().contains("larger than 64 KiB"), "{e}");
+    assert_clean(&e, "200 with 5 MB");
+}
+
+#[test]
+fn plain_http_is_refused_unless_the_config_opts_in() {
+    let cfg = TransitConfig::new(
+        &shared().addr,
+        SecretString::new(shared().root_token.clone()),
+    );
+    for e in [
+        TransitProvider::new(cfg.clone()).expect_err("http"),
+        TransitAdmin::new(cfg.clone()).expect_err("http"),
+    ] {
+        assert_eq!(e.kind(), K::InvalidRequest, "{e}");
+        assert!(e.message().contains("allow_insecure_http(true)"), "{e}");
+    }
+    TransitProvider::new(cfg.allow_insecure_http(true)).expect("opted in");
+}
+
+/// Set by the parent test for its child process (the proxy variables are process-wide, so
+/// they are set on a child only, never on this process).
+const PROXY_CHILD: &str = "BYOK_TRANSIT_PROXY_CHILD";
+
+#[test]
+fn system_proxy_variables_are_ignored() {
+    let s = shared();
+    // A dead proxy: anything sent through it fails.
+    let dead = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "proxy_child", "--nocapture", "--test-threads=1"])
+        .env(PROXY_CHILD, format!("{} {}", s.addr, s.root_token))
+        .env("HTTPS_PROXY", &dead_addr)
+        .env("HTTP_PROXY", &dead_addr)
+        .env("ALL_PROXY", &dead_addr)
+        .env("https_proxy", &dead_addr)
+        .env("http_proxy", &dead_addr)
+        .env("all_proxy", &dead_addr)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .expect("child");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("proxy child ok"),
+        "the child did not run: {text}"
+    );
+}
+
+/// Runs only in the child process of [`system_proxy_variables_are_ignored`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_child() {
+    let Ok(spec) = std::env::var(PROXY_CHILD) else {
+        return;
+    };
+    let (addr, token) = spec.split_once(' ').expect("addr token");
+    let dead = std::env::var("HTTP_PROXY").expect("HTTP_PROXY");
+    // The variables work: a client that honours them fails.
+    let honouring = reqwest::Client::new()
+        .get(format!("{addr}/v1/sys/health"))
+        .send()
+        .await;
+    assert!(
+        honouring.is_err(),
+        "the dead proxy was not used: {honouring:?}"
+    );
+    let cfg = TransitConfig::new(addr, SecretString::new(token.to_owned()))
+        .allow_insecure_http(true)
+        .retry(RetryPolicy::none());
+    let admin = TransitAdmin::new(cfg.clone()).expect("admin");
+    let name = unique("no-proxy");
+    admin
+        .create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create without a proxy");
+    let p = TransitProvider::new(cfg.clone()).expect("provider");
+    let w = p
+        .wrap_key(&name, None, WrapAlgorithm::RsaOaep256, &SECRET)
+        .await
+        .expect("wrap without a proxy");
+    assert_eq!(
+        p.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        SECRET
+    );
+    // A configured proxy is used.
+    let through = TransitProvider::new(cfg.proxy(&dead)).expect("provider");
+    let e = through
+        .unwrap_key(&w)
+        .await
+        .expect_err("through the dead proxy");
+    assert!(e.is_transient(), "{e}");
+    println!("proxy child ok");
+}
+
+/// A policy granting CMK rights on `key`, and a token carrying it (the `default` policy too).
+async fn token_on(s: &Server, key: &str, extra: serde_json::Value) -> (String, String) {
+    let admin = admin(s);
+    let who = Identity::new(unique("tok"));
+    admin
+        .set_key_access(&who, &[key], Permissions::CMK)
+        .await
+        .expect("policy");
+    let policy = TransitAdmin::policy_name(&who);
+    let mut body = serde_json::json!({ "policies": [policy.clone()] });
+    for (k, v) in extra.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    let (status, resp) = raw_json(s, reqwest::Method::POST, "auth/token/create", body).await;
+    assert_eq!(status, 200, "{resp}");
+    let token = resp["auth"]["client_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    (token, policy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewable_token_is_renewed_past_its_ttl_an_unrenewable_one_fails_transiently() {
+    let s = shared();
+    let name = unique("renew");
+    admin(s)
+        .create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
+    let (renewable, _) = token_on(
+        s,
+        &name,
+        serde_json::json!({ "ttl": "4s", "renewable": true }),
+    )
+    .await;
+    let (fixed, _) = token_on(
+        s,
+        &name,
+        serde_json::json!({ "ttl": "4s", "renewable": false }),
+    )
+    .await;
+    let cfg = root_config(s).retry(RetryPolicy::none());
+    let p = TransitProvider::new(cfg.with_token(SecretString::new(renewable))).expect("p");
+    let q = TransitProvider::new(cfg.with_token(SecretString::new(fixed))).expect("q");
+    let w = p
+        .wrap_key(&name, None, WrapAlgorithm::RsaOaep256, &SECRET)
+        .await
+        .expect("wrap");
+    q.unwrap_key(&w)
+        .await
+        .expect("the fixed token works at first");
+    let started = Instant::now();
+    // Used every second for 9 s: renewed whenever less than half its lease is left.
+    while started.elapsed() < Duration::from_secs(9) {
+        let k = p.unwrap_key(&w).await.unwrap_or_else(|e| {
+            panic!("renewable token failed after {:?}: {e}", started.elapsed())
+        });
+        assert_eq!(k.expose_secret(), SECRET);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let left = p.renew_credential().await.expect("renew").expect("expires");
+    assert!(
+        left > Duration::from_secs(2) && left <= Duration::from_secs(4),
+        "{left:?}"
+    );
+    // The unrenewable one has expired: our credential, not the tenant's key.
+    let e = q.unwrap_key(&w).await.expect_err("expired");
+    assert_eq!(e.kind(), K::Unavailable, "{e}");
+    assert!(e.is_transient(), "{e}");
+    assert!(e.message().contains("service's own credential"), "{e}");
+    let e = q.key_properties(&name, None).await.expect_err("expired");
+    assert!(e.is_transient(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approle_logs_in_renews_and_logs_in_again_after_its_token_expires() {
+    let s = shared();
+    let name = unique("approle");
+    admin(s)
+        .create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
+    let who = Identity::new(unique("approle-app"));
+    admin(s)
+        .set_key_access(&who, &[&name], Permissions::CMK)
+        .await
+        .expect("policy");
+    let mount = unique("approle");
+    let post = reqwest::Method::POST;
+    let (st, v) = raw_json(
+        s,
+        post.clone(),
+        &format!("sys/auth/{mount}"),
+        serde_json::json!({ "type": "approle" }),
+    )
+    .await;
+    assert_eq!(st, 204, "{v}");
+    let role = format!("auth/{mount}/role/app");
+    let (st, v) = raw_json(
+        s,
+        post.clone(),
+        &role,
+        serde_json::json!({
+            "token_policies": [TransitAdmin::policy_name(&who)],
+            "token_ttl": "3s",
+            "token_max_ttl": "3s",
+        }),
+    )
+    .await;
+    assert_eq!(st, 204, "{v}");
+    let (_, v) = raw_json(
+        s,
+        reqwest::Method::GET,
+        &format!("{role}/role-id"),
+        serde_json::Value::Null,
+    )
+    .await;
+    let role_id = v["data"]["role_id"].as_str().expect("role_id").to_owned();
+    let (_, v) = raw_json(
+        s,
+        post.clone(),
+        &format!("{role}/secret-id"),
+        serde_json::json!({}),
+    )
+    .await;
+    let secret_id = v["data"]["secret_id"]
+        .as_str()
+        .expect("secret_id")
+        .to_owned();
+
+    let cfg = TransitConfig::approle(
+        &s.addr,
+        SecretString::new(role_id.clone()),
+        SecretString::new(secret_id.clone()),
+    )
+    .approle_mount(&mount)
+    .allow_insecure_http(true)
+    .retry(RetryPolicy::none());
+    assert!(!format!("{cfg:?}").contains(&secret_id));
+    let p = TransitProvider::new(cfg.clone()).expect("provider");
+    let w = p
+        .wrap_key(&name, None, WrapAlgorithm::RsaOaep256, &SECRET)
+        .await
+        .expect("wrap after login");
+    // In use for 7 s: tokens of 3 s at most, so several logins.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(7) {
+        let k = p
+            .unwrap_key(&w)
+            .await
+            .unwrap_or_else(|e| panic!("AppRole failed after {:?}: {e}", started.elapsed()));
+        assert_eq!(k.expose_secret(), SECRET);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // Idle past the token's end: the 403 is followed by a new login and the request succeeds.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        p.unwrap_key(&w)
+            .await
+            .expect("after expiry")
+            .expose_secret(),
+        SECRET
+    );
+
+    // A bad secret id is the service's fault: transient, never the tenant's key.
+    let bad = TransitProvider::new(
+        TransitConfig::approle(
+            &s.addr,
+            SecretString::new(role_id),
+            SecretString::new("nope"),
+        )
+        .approle_mount(&mount)
+        .allow_insecure_http(true)
+        .retry(RetryPolicy::none()),
+    )
+    .expect("provider");
+    let e = bad.unwrap_key(&w).await.expect_err("bad secret id");
+    assert_eq!(e.kind(), K::Unavailable, "{e}");
+    assert!(e.message().contains("AppRole login failed"), "{e}");
+    assert!(!e.message().contains("nope"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_service_token_leaves_the_account_active() {
+    let s = shared();
+    let w = TransitAccounts::with_admin(
+        TransitAdmin::new(root_config(s).retry(RetryPolicy::none()))
+            .expect("admin")
+            .token_ttl(Duration::from_secs(4))
+            .renewable_tokens(false),
+    )
+    .await;
+    let a = w
+        .account("expiring", transit_policy(Duration::from_secs(300)))
+        .await;
+    let obj = w
+        .manager
+        .encrypt(&a.id, &blob(), b"o", b"data")
+        .await
+        .expect("encrypt");
+    // The identity's token expires (4 s, not renewable); the cache expires too.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    w.clock.advance(Duration::from_secs(301));
+
+    // The cold-cache unwrap gets a 403, lookup-self fails too: the service's fault.
+    assert_unavailable(
+        w.manager.decrypt(&a.id, b"o", &obj).await,
+        "decrypt with an expired service token",
+    );
+    assert_unavailable(
+        w.manager.encrypt(&a.id, &blob(), b"o2", b"x").await,
+        "encrypt",
+    );
+    assert_unavailable(w.manager.check(&a.id).await, "check");
+    assert_unavailable(w.manager.refresh(&a.id).await, "refresh");
+    assert_eq!(w.state(&a.id).await, StateKind::Active);
+    assert!(w.state_changes(&a.id).is_empty());
+    // (A policy that denies the key with a working token is definitive and locks the account:
+    // revoked_policy_or_soft_deleted_key_locks_the_account_until_restored.)
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::Method;
 
-use super::http::{Connection, Op};
+use super::auth::{Auth, Credential};
+use super::http::Op;
 use super::wire::{self, KeyData};
-use super::{TransitConfig, TransitProvider, name_not_found};
+use super::{Client, TransitConfig, TransitProvider, name_not_found};
 use crate::error::{ProviderError, ProviderErrorKind as K};
 use crate::provider::check_name;
 use crate::provider::{
@@ -19,10 +20,11 @@ use crate::provider::{
 };
 use crate::secret::SecretString;
 
-/// A token handed to an identity, and its accessor (to revoke it without the token).
+/// A token handed to an identity, its accessor (to revoke it without the token), and its
+/// lifecycle (shared by every provider acting as the identity).
 struct IdentityToken {
-    token: SecretString,
     accessor: String,
+    auth: Arc<Auth>,
 }
 
 /// The vault owner's side of a Transit mount: creates and rotates keys, moves
@@ -32,17 +34,21 @@ struct IdentityToken {
 ///
 /// An identity `id` is the ACL policy `byok-<id>` plus a token carrying it, created on first
 /// use ([`VaultAdmin::set_access`] or [`VaultAdmin::provider_for`]); rewriting the policy
-/// changes what that token may do at once, revoking the token
-/// ([`VaultAdmin::remove_identity`]) ends its access.
+/// changes what that token may do at once, and deleting the policy
+/// ([`VaultAdmin::remove_identity`]) ends its access to every key. The token itself is left
+/// valid (with only the `default` policy): a token that no longer works is the *service's*
+/// fault, which the provider reports as transient, while a policy that denies the key is the
+/// tenant's revocation (definitive `Forbidden`).
 ///
 /// What Transit cannot express is declared in [`VaultAdmin::capabilities`]: disabling an
 /// arbitrary version (only the oldest ones can be, through `min_decryption_version`), PEM
 /// import, and RSA-OAEP with SHA-1.
 pub struct TransitAdmin {
-    conn: Arc<Connection>,
+    client: Client,
     config: TransitConfig,
     host: String,
     token_ttl: Duration,
+    renewable: bool,
     identities: Mutex<HashMap<Identity, IdentityToken>>,
 }
 
@@ -50,7 +56,7 @@ impl fmt::Debug for TransitAdmin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransitAdmin")
             .field("host", &self.host)
-            .field("conn", &self.conn)
+            .field("client", &self.client)
             .field("token_ttl", &self.token_ttl)
             .finish_non_exhaustive()
     }
@@ -64,11 +70,13 @@ impl TransitAdmin {
     /// `InvalidRequest` for a bad address, mount or CA (as [`TransitProvider::new`]).
     pub fn new(config: TransitConfig) -> Result<Self, ProviderError> {
         let (conn, host) = config.connect()?;
+        let auth = Auth::new(config.credential.clone());
         Ok(Self {
-            conn,
+            client: Client { conn, auth },
             config,
             host,
             token_ttl: Duration::from_secs(24 * 3600),
+            renewable: true,
             identities: Mutex::new(HashMap::new()),
         })
     }
@@ -79,14 +87,16 @@ impl TransitAdmin {
         self
     }
 
-    /// A provider acting with the administrator's own token.
+    /// Whether the identity tokens created from now on are renewable (default `true`; a
+    /// non-renewable one stops working at the end of [`Self::token_ttl`]).
+    pub fn renewable_tokens(mut self, on: bool) -> Self {
+        self.renewable = on;
+        self
+    }
+
+    /// A provider acting with the administrator's own credential (sharing its token).
     pub fn owner_provider(&self) -> TransitProvider {
-        TransitProvider::with_connection(
-            Arc::clone(&self.conn),
-            self.config.token.clone(),
-            &self.config,
-            &self.host,
-        )
+        TransitProvider::with_client(self.client.clone(), &self.config, &self.host)
     }
 
     /// The name of the ACL policy that plays `identity`: `byok-` and the identity's name in
@@ -169,7 +179,7 @@ impl TransitAdmin {
         keys: Option<&[&str]>,
         permissions: Permissions,
     ) -> Result<(), ProviderError> {
-        let hcl = Self::policy_hcl(&self.conn.mount, keys, permissions);
+        let hcl = Self::policy_hcl(&self.client.conn.mount, keys, permissions);
         let body = serde_json::json!({ "policy": hcl }).to_string();
         let path = format!("sys/policies/acl/{}", Self::policy_name(identity));
         self.call(Method::PUT, &path, Some(body), Op::System, true)
@@ -177,16 +187,16 @@ impl TransitAdmin {
             .map(drop)
     }
 
-    /// The identity's token, created (bound to its policy) on first use.
-    async fn token_for(&self, identity: &Identity) -> Result<SecretString, ProviderError> {
+    /// The identity's token lifecycle, its token created (bound to its policy) on first use.
+    async fn token_for(&self, identity: &Identity) -> Result<Arc<Auth>, ProviderError> {
         if let Some(t) = self.lock().get(identity) {
-            return Ok(t.token.clone());
+            return Ok(Arc::clone(&t.auth));
         }
         let body = serde_json::json!({
             "policies": [Self::policy_name(identity)],
             "display_name": format!("byok-{}", identity.as_str()),
             "ttl": format!("{}s", self.token_ttl.as_secs().max(1)),
-            "renewable": true,
+            "renewable": self.renewable,
             "meta": { "byok_identity": identity.as_str() },
         })
         .to_string();
@@ -207,15 +217,15 @@ impl TransitAdmin {
                 ProviderError::new(K::Unavailable, "Transit token create returned no auth")
             })?;
         let t = IdentityToken {
-            token: SecretString::new(auth.client_token),
+            auth: Auth::new(Credential::Token(SecretString::new(auth.client_token))),
             accessor: auth.accessor,
         };
-        let token = t.token.clone();
+        let token = Arc::clone(&t.auth);
         // Two concurrent first uses may both create a token; keep the first, revoke the other.
         let loser = {
             let mut map = self.lock();
             match map.get(identity) {
-                Some(existing) => Some((existing.token.clone(), t.accessor)),
+                Some(existing) => Some((Arc::clone(&existing.auth), t.accessor)),
                 None => {
                     map.insert(identity.clone(), t);
                     None
@@ -256,9 +266,7 @@ impl TransitAdmin {
         op: Op,
         retry: bool,
     ) -> Result<super::http::Answer, ProviderError> {
-        self.conn
-            .call(&self.config.token, method, path, body, op, retry)
-            .await
+        self.client.call(method, path, body, op, retry).await
     }
 
     async fn key_call(
@@ -270,7 +278,7 @@ impl TransitAdmin {
         retry: bool,
     ) -> Result<super::http::Answer, ProviderError> {
         check_name(name)?;
-        let path = self.conn.mount_path(&format!("keys/{name}{sub}"));
+        let path = self.client.conn.mount_path(&format!("keys/{name}{sub}"));
         self.call(method, &path, body, Op::Key, retry)
             .await
             .map_err(|e| name_not_found(e, name))
@@ -476,12 +484,10 @@ impl VaultAdmin for TransitAdmin {
         self.token_for(identity).await.map(drop)
     }
 
-    /// Revokes the identity's token and deletes its policy.
+    /// Deletes the identity's policy: its token keeps only the `default` policy, so every
+    /// key answers 403 while the token's lookup-self still works (a definitive `Forbidden`,
+    /// not a fault of the service's credential). [`VaultAdmin::set_access`] restores it.
     async fn remove_identity(&self, identity: &Identity) -> Result<(), ProviderError> {
-        let t = self.lock().remove(identity);
-        if let Some(t) = t {
-            self.revoke_accessor(&t.accessor).await?;
-        }
         let path = format!("sys/policies/acl/{}", Self::policy_name(identity));
         self.call(Method::DELETE, &path, None, Op::System, true)
             .await
@@ -492,10 +498,12 @@ impl VaultAdmin for TransitAdmin {
         &self,
         identity: &Identity,
     ) -> Result<Arc<dyn KeyProvider>, ProviderError> {
-        let token = self.token_for(identity).await?;
-        Ok(Arc::new(TransitProvider::with_connection(
-            Arc::clone(&self.conn),
-            token,
+        let auth = self.token_for(identity).await?;
+        Ok(Arc::new(TransitProvider::with_client(
+            Client {
+                conn: Arc::clone(&self.client.conn),
+                auth,
+            },
             &self.config,
             &self.host,
         )))

@@ -27,6 +27,11 @@ pub(super) enum Op {
     System,
 }
 
+/// The largest response body read (success or error); a longer one is not read further.
+pub(super) const MAX_BODY: usize = 64 * 1024;
+/// The most characters of server text put into an error message.
+pub(super) const MAX_TEXT: usize = 512;
+
 /// The shared client: base URL, mount and pool. Tokens are passed per request.
 pub(super) struct Connection {
     pub(super) http: reqwest::Client,
@@ -71,7 +76,23 @@ impl Answer {
         &self,
         what: &str,
     ) -> Result<Envelope<T>, ProviderError> {
-        serde_json::from_slice(&self.body).map_err(|e| malformed(what, &e.to_string()))
+        self.envelope_as(what)
+    }
+
+    /// The whole body parsed as `T`.
+    pub(super) fn envelope_as<T: DeserializeOwned>(&self, what: &str) -> Result<T, ProviderError> {
+        // serde_json's message may quote the offending value: give only its class and place.
+        serde_json::from_slice(&self.body).map_err(|e| {
+            malformed(
+                what,
+                &format!(
+                    "{:?} error at line {} column {}",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
     }
 }
 
@@ -89,18 +110,16 @@ impl Connection {
     }
 
     /// Sends one request, retrying transient failures (only when `retry` is set) within the
-    /// retry policy's bounds.
+    /// retry policy's bounds. The caller owns (and wipes) the body, which may carry a secret.
     pub(super) async fn call(
         &self,
         token: &SecretString,
         method: Method,
         path: &str,
-        body: Option<String>,
+        body: Option<&str>,
         op: Op,
         retry: bool,
     ) -> Result<Answer, ProviderError> {
-        // The body may carry a secret (encrypt): wipe this copy when done.
-        let body = body.map(zeroize::Zeroizing::new);
         let attempts = if retry {
             self.retry.max_retries.saturating_add(1)
         } else {
@@ -109,10 +128,7 @@ impl Connection {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self
-                .once(token, &method, path, body.as_ref().map(|b| b.as_str()), op)
-                .await
-            {
+            match self.once(token, &method, path, body, op).await {
                 Ok(a) => return Ok(a),
                 Err((e, retry_after)) => {
                     if !e.is_transient() || attempt >= attempts {
@@ -179,38 +195,58 @@ impl Connection {
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = resp
-            .bytes()
+            .map(|l| server_text(l, body));
+        let (bytes, cut) = read_bounded(resp)
             .await
             .map_err(|e| (transport_error(&what, &e), None))?;
         if status.is_success() {
-            return Ok(Answer {
-                body: bytes.to_vec(),
-            });
+            if cut {
+                return Err((
+                    ProviderError::new(
+                        K::Unavailable,
+                        format!(
+                            "Transit {what}: the answer is larger than {} KiB (not read)",
+                            MAX_BODY / 1024
+                        ),
+                    ),
+                    None,
+                ));
+            }
+            return Ok(Answer { body: bytes });
         }
-        let errors = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|b| b.errors)
-            .unwrap_or_else(|_| {
+        let errors = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) if !cut => b.errors,
+            _ => {
                 let text = String::from_utf8_lossy(&bytes);
                 let text = text.trim();
                 if text.is_empty() {
                     Vec::new()
                 } else {
-                    vec![text.chars().take(300).collect()]
+                    // At most what `server_text` keeps (plus room for the whitespace it folds).
+                    vec![text.chars().take(MAX_TEXT * 4).collect()]
                 }
-            });
+            }
+        };
         let kind = classify(status, &errors, op);
-        let mut text = errors
-            .iter()
-            .map(|e| clean(e))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let mut text = server_text(
+            &errors
+                .iter()
+                .map(|e| clean(e))
+                .collect::<Vec<_>>()
+                .join("; "),
+            body,
+        );
         if text.is_empty() {
             text = status
                 .canonical_reason()
                 .unwrap_or("no error text")
                 .to_owned();
+        }
+        if cut {
+            text.push_str(&format!(
+                " (the answer is larger than {} KiB; the rest was not read)",
+                MAX_BODY / 1024
+            ));
         }
         if let Some(loc) = location.filter(|_| status.is_redirection()) {
             text = format!(
@@ -226,6 +262,110 @@ impl Connection {
             retry_after,
         ))
     }
+}
+
+/// Reads at most [`MAX_BODY`] bytes of the body, chunk by chunk; `true` when there was more
+/// (the rest is never read: the connection is dropped with the response). A body announced
+/// as longer than the cap is not read at all.
+async fn read_bounded(mut resp: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let announced = resp.content_length();
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return Ok((Vec::new(), true));
+    }
+    // One allocation when the length is announced: a decrypt answer holds the secret, and a
+    // grown buffer would leave unwiped copies behind.
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(
+        announced.map_or(4096, |n| n as usize).min(MAX_BODY),
+    ));
+    while let Some(chunk) = resp.chunk().await? {
+        let room = MAX_BODY - buf.len();
+        if chunk.len() > room {
+            buf.extend_from_slice(&chunk[..room]);
+            return Ok((core::mem::take(&mut *buf), true));
+        }
+        if buf.len() + chunk.len() > buf.capacity() {
+            // Grow into a fresh buffer and wipe the old one (dropped as `Zeroizing`).
+            let mut bigger = Vec::with_capacity(
+                (buf.len() + chunk.len())
+                    .max(2 * buf.capacity())
+                    .min(MAX_BODY),
+            );
+            bigger.extend_from_slice(&buf);
+            buf = zeroize::Zeroizing::new(bigger);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((core::mem::take(&mut *buf), false))
+}
+
+/// Server text made fit for an error message: control and bidirectional-formatting characters
+/// become spaces, runs of whitespace fold to one, at most [`MAX_TEXT`] characters are kept,
+/// and a text that repeats any part of the request body (an error page echoing the request,
+/// which may carry the secret being wrapped) is not shown at all.
+pub(super) fn server_text(raw: &str, request_body: Option<&str>) -> String {
+    // Folded text, a little past the cap so that an echo straddling the cut is still seen.
+    let mut out = String::new();
+    let mut n = 0;
+    let mut more = false;
+    for c in raw.chars() {
+        let c = if c.is_control() || is_format_char(c) || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' && (out.is_empty() || out.ends_with(' ')) {
+            continue;
+        }
+        if n == MAX_TEXT + ECHO_RUN {
+            more = true;
+            break;
+        }
+        out.push(c);
+        n += 1;
+    }
+    if request_body.is_some_and(|b| echoes(&out, b)) {
+        return "(the server's text is not shown: it repeats part of the request)".to_owned();
+    }
+    if n > MAX_TEXT || more {
+        let cut = out
+            .char_indices()
+            .nth(MAX_TEXT)
+            .map_or(out.len(), |(i, _)| i);
+        out.truncate(cut);
+        out.push_str(" …(truncated)");
+    }
+    out.trim_end().to_owned()
+}
+
+/// Zero-width and bidirectional-control characters (which can disguise a log line).
+fn is_format_char(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Length of the runs compared by [`echoes`]: longer than any phrase Vault's own errors share
+/// with a request body, shorter than the base64 of any secret byok wraps.
+const ECHO_RUN: usize = 12;
+
+/// Whether `text` holds a run of [`ECHO_RUN`] characters of `body`, as sent or with JSON
+/// (`\`) and HTML (`&quot;`) escaping undone.
+fn echoes(text: &str, body: &str) -> bool {
+    if body.len() < ECHO_RUN {
+        return !body.is_empty() && text.contains(body);
+    }
+    let unescaped = text
+        .replace('\\', "")
+        .replace("&quot;", "\"")
+        .replace("&#34;", "\"");
+    let body_plain = body.replace('\\', "");
+    [text, unescaped.as_str()].iter().any(|t| {
+        let chars: Vec<(usize, char)> = t.char_indices().collect();
+        (0..chars.len().saturating_sub(ECHO_RUN - 1)).any(|i| {
+            let start = chars[i].0;
+            let end = chars.get(i + ECHO_RUN).map_or(t.len(), |c| c.0);
+            let run = &t[start..end];
+            body.contains(run) || body_plain.contains(run)
+        })
+    })
 }
 
 /// Server texts arrive as `1 error occurred:\n\t* permission denied\n\n`; keep the gist.
@@ -343,10 +483,13 @@ fn transport_error(what: &str, e: &reqwest::Error) -> ProviderError {
     } else {
         ""
     };
-    let detail = if detail.is_empty() {
-        e.to_string()
-    } else {
-        detail
-    };
+    let detail = server_text(
+        &if detail.is_empty() {
+            e.to_string()
+        } else {
+            detail
+        },
+        None,
+    );
     ProviderError::new(kind, format!("Transit {what}: {detail}{hint}"))
 }

@@ -28,6 +28,7 @@ use crate::provider::{KeyProperties, KeyProvider, VaultProperties, WrapAlgorithm
 use crate::secret::{SecretBytes, SecretString};
 
 mod admin;
+mod auth;
 mod http;
 mod wire;
 
@@ -36,7 +37,8 @@ mod tests;
 
 pub use admin::TransitAdmin;
 
-use http::{Connection, Op};
+use auth::{Auth, Credential};
+use http::{Answer, Connection, Op};
 use wire::{DecryptData, EncryptData, KeyData, Kind};
 
 /// Bounded retries with exponential backoff and jitter, applied only to transient failures
@@ -88,7 +90,13 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Where and how to reach a Transit mount: address, token, TLS, timeouts, retries.
+/// Where and how to reach a Transit mount: address, credential, TLS, proxy, timeouts, retries.
+///
+/// Only `https://` addresses are accepted unless [`Self::allow_insecure_http`] says otherwise,
+/// and no proxy is used unless [`Self::proxy`] names one (the `HTTP(S)_PROXY` variables of the
+/// environment are ignored). The credential is a token ([`Self::new`], renewed before it
+/// expires when it is renewable) or an AppRole ([`Self::approle`], logged in again when its
+/// token runs out).
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), byok::ProviderError> {
@@ -105,7 +113,9 @@ impl Default for RetryPolicy {
 #[derive(Clone)]
 pub struct TransitConfig {
     address: String,
-    token: SecretString,
+    credential: Credential,
+    allow_http: bool,
+    proxy: Option<String>,
     mount: String,
     vault_host: Option<String>,
     ca_pem: Option<String>,
@@ -122,7 +132,9 @@ impl fmt::Debug for TransitConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransitConfig")
             .field("address", &self.address)
-            .field("token", &self.token)
+            .field("credential", &self.credential)
+            .field("allow_insecure_http", &self.allow_http)
+            .field("proxy", &self.proxy.as_ref().map(|_| "…"))
             .field("mount", &self.mount)
             .field("vault_host", &self.vault_host)
             .field("custom_ca", &self.ca_pem.is_some())
@@ -135,14 +147,39 @@ impl fmt::Debug for TransitConfig {
 }
 
 impl TransitConfig {
-    /// A configuration for the server at `address` (`http://` or `https://`, e.g.
-    /// `https://vault.internal:8200`) acting with `token`. Defaults: mount `transit`, the
-    /// vault host taken from the address, the built-in web PKI roots, connect timeout 5 s,
-    /// request timeout 30 s, [`RetryPolicy::default`], soft-delete on (OpenBao).
+    /// A configuration for the server at `address` (`https://`, e.g.
+    /// `https://vault.internal:8200`; `http://` only with [`Self::allow_insecure_http`])
+    /// acting with `token`. Defaults: mount `transit`, the vault host taken from the address,
+    /// the built-in web PKI roots, no proxy, connect timeout 5 s, request timeout 30 s,
+    /// [`RetryPolicy::default`], soft-delete on (OpenBao).
+    ///
+    /// A renewable token is renewed (`auth/token/renew-self`) once less than half its lease
+    /// is left, on the next request; the token needs the `default` policy (or `read` on
+    /// `auth/token/lookup-self` and `update` on `auth/token/renew-self`).
     pub fn new(address: &str, token: SecretString) -> Self {
+        Self::with_credential(address, Credential::Token(token))
+    }
+
+    /// A configuration acting through AppRole: `POST auth/approle/login` with `role_id` and
+    /// `secret_id`, on first use and again whenever the token it got is due (renewed while
+    /// renewable, replaced by a new login after that). Otherwise as [`Self::new`].
+    pub fn approle(address: &str, role_id: SecretString, secret_id: SecretString) -> Self {
+        Self::with_credential(
+            address,
+            Credential::AppRole {
+                mount: "approle".to_owned(),
+                role_id,
+                secret_id,
+            },
+        )
+    }
+
+    fn with_credential(address: &str, credential: Credential) -> Self {
         Self {
             address: address.trim_end_matches('/').to_owned(),
-            token,
+            credential,
+            allow_http: false,
+            proxy: None,
             mount: "transit".to_owned(),
             vault_host: None,
             ca_pem: None,
@@ -154,6 +191,30 @@ impl TransitConfig {
             region: String::new(),
             tenant: String::new(),
         }
+    }
+
+    /// The path the AppRole auth method is mounted at (default `approle`); no effect on a
+    /// token credential.
+    pub fn approle_mount(mut self, mount: &str) -> Self {
+        if let Credential::AppRole { mount: m, .. } = &mut self.credential {
+            *m = mount.trim_matches('/').to_owned();
+        }
+        self
+    }
+
+    /// Whether a plain `http://` address is accepted (default `false`): the token and every
+    /// key being wrapped would cross the network in clear. For a server on loopback in tests
+    /// and development only.
+    pub fn allow_insecure_http(mut self, on: bool) -> Self {
+        self.allow_http = on;
+        self
+    }
+
+    /// Sends every request through the proxy at `url` (e.g. `http://proxy.internal:3128`).
+    /// Without it no proxy is used, whatever `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` say.
+    pub fn proxy(mut self, url: &str) -> Self {
+        self.proxy = Some(url.to_owned());
+        self
     }
 
     /// The path the Transit engine is mounted at (default `transit`).
@@ -217,7 +278,7 @@ impl TransitConfig {
     /// The same configuration acting with another token.
     pub fn with_token(&self, token: SecretString) -> Self {
         Self {
-            token,
+            credential: Credential::Token(token),
             ..self.clone()
         }
     }
@@ -226,11 +287,24 @@ impl TransitConfig {
         let bad = |why: String| ProviderError::new(K::InvalidRequest, why);
         let url = reqwest::Url::parse(&self.address)
             .map_err(|e| bad(format!("Transit address {:?}: {e}", self.address)))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(bad(format!(
-                "Transit address {:?}: the scheme must be http or https",
-                self.address
-            )));
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_http => {}
+            "http" => {
+                return Err(bad(format!(
+                    "Transit address {:?}: plain http:// is refused (the token and the keys \
+                     being wrapped would travel in clear); use https://, or opt in with \
+                     TransitConfig::allow_insecure_http(true) for a loopback test server",
+                    self.address
+                )));
+            }
+            _ => {
+                return Err(bad(format!(
+                    "Transit address {:?}: the scheme must be https (or http with \
+                     TransitConfig::allow_insecure_http)",
+                    self.address
+                )));
+            }
         }
         let host = match (&self.vault_host, url.host_str()) {
             (Some(h), _) => h.clone(),
@@ -246,6 +320,17 @@ impl TransitConfig {
                 )));
             }
         };
+        // Every key on this server is named by a KeyId on `host`: refuse a host no KeyId can
+        // carry (e.g. a bracketed IPv6 literal) now rather than at the first key reference.
+        if let Err(e) = crate::KeyId::new(&host, "probe", None) {
+            return Err(bad(format!(
+                "Transit address {:?}: key identifiers cannot name the vault host {host:?} \
+                 ({e}); give the server a DNS name (e.g. an /etc/hosts entry for an IPv6 \
+                 address) or set TransitConfig::vault_host to the name key identifiers should \
+                 use",
+                self.address
+            )));
+        }
         if self.mount.is_empty() {
             return Err(bad("the Transit mount path is empty".into()));
         }
@@ -256,6 +341,13 @@ impl TransitConfig {
             .min_tls_version(reqwest::tls::Version::TLS_1_2)
             .tls_built_in_root_certs(self.built_in_roots)
             .user_agent(concat!("byok/", env!("CARGO_PKG_VERSION")));
+        b = match &self.proxy {
+            Some(p) => b.proxy(
+                reqwest::Proxy::all(p.as_str())
+                    .map_err(|e| bad(format!("the Transit proxy URL does not parse: {e}")))?,
+            ),
+            None => b.no_proxy(),
+        };
         if let Some(pem) = &self.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
                 .map_err(|e| bad(format!("the Transit CA PEM does not parse: {e}")))?;
@@ -288,13 +380,66 @@ impl TransitConfig {
     }
 }
 
-/// A [`KeyProvider`] on a Vault / OpenBao Transit mount, acting with one token.
+/// The connection and the credential it acts with: every request goes through
+/// [`Client::call`], which keeps the credential alive and decides what a 403 means.
+#[derive(Clone, Debug)]
+struct Client {
+    conn: Arc<Connection>,
+    auth: Arc<Auth>,
+}
+
+impl Client {
+    /// One request with the current token (renewed or logged in first when due). A 403 is
+    /// checked with `auth/token/lookup-self`: if our own token works, the policy denies and
+    /// the 403 stands (`Forbidden`, definitive); if it does not, an AppRole logs in again and
+    /// the request is sent once more, and otherwise the service's credential is at fault
+    /// (`Unavailable`, transient, logged with `tracing::error!`), never the tenant's key.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        op: Op,
+        retry: bool,
+    ) -> Result<Answer, ProviderError> {
+        // The body may carry a secret (encrypt): wipe it when done.
+        let body = body.map(zeroize::Zeroizing::new);
+        let body = body.as_ref().map(|b| b.as_str());
+        let token = self.auth.token(&self.conn).await?;
+        let mut may_login = true;
+        let mut token = token;
+        loop {
+            match self
+                .conn
+                .call(&token, method.clone(), path, body, op, retry)
+                .await
+            {
+                Err(e) if e.kind() == K::Forbidden => {
+                    match self
+                        .auth
+                        .after_forbidden(&self.conn, &token, &e, may_login)
+                        .await?
+                    {
+                        None => return Err(e),
+                        Some(t) => {
+                            token = t;
+                            may_login = false;
+                        }
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// A [`KeyProvider`] on a Vault / OpenBao Transit mount, acting with one credential.
 ///
-/// Cheap to clone (the connection pool is shared). Needs a tokio runtime (the caller's).
+/// Cheap to clone (the connection pool and the credential's token are shared). Needs a tokio
+/// runtime (the caller's); spawns nothing.
 #[derive(Clone)]
 pub struct TransitProvider {
-    conn: Arc<Connection>,
-    token: SecretString,
+    client: Client,
     props: VaultProperties,
 }
 
@@ -302,7 +447,8 @@ impl fmt::Debug for TransitProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransitProvider")
             .field("host", &self.props.host)
-            .field("conn", &self.conn)
+            .field("conn", &self.client.conn)
+            .field("auth", &self.client.auth)
             .finish_non_exhaustive()
     }
 }
@@ -311,29 +457,32 @@ impl TransitProvider {
     /// A provider for the mount `config` describes. Does not contact the server.
     ///
     /// # Errors
-    /// `InvalidRequest` for an address that is not an `http(s)://` URL, an empty mount, or a
-    /// CA PEM that does not parse.
+    /// `InvalidRequest` for an address that is not an `https://` URL (or `http://` without
+    /// [`TransitConfig::allow_insecure_http`]), a host no [`crate::KeyId`] can name, an empty
+    /// mount, a CA PEM or a proxy URL that does not parse.
     pub fn new(config: TransitConfig) -> Result<Self, ProviderError> {
         let (conn, host) = config.connect()?;
-        Ok(Self::with_connection(
-            conn,
-            config.token.clone(),
-            &config,
-            &host,
-        ))
+        let auth = Auth::new(config.credential.clone());
+        Ok(Self::with_client(Client { conn, auth }, &config, &host))
     }
 
-    fn with_connection(
-        conn: Arc<Connection>,
-        token: SecretString,
-        config: &TransitConfig,
-        host: &str,
-    ) -> Self {
+    fn with_client(client: Client, config: &TransitConfig, host: &str) -> Self {
         Self {
-            conn,
-            token,
+            client,
             props: config.vault_properties(host),
         }
+    }
+
+    /// Moves the credential's lifecycle on now: renews a renewable token (or logs in again
+    /// with AppRole) and returns the lifetime left (`None`: the token does not expire, or its
+    /// lifetime is unknown). Requests do this by themselves once half the lease is gone; call
+    /// it from your own timer if a provider can stay idle longer than its token's lease.
+    ///
+    /// # Errors
+    /// `Unavailable` when an AppRole login fails or the lookup of the token fails (the
+    /// service's credential is at fault), and transient kinds for outages.
+    pub async fn renew_credential(&self) -> Result<Option<Duration>, ProviderError> {
+        self.client.auth.renew_now(&self.client.conn).await
     }
 
     /// The vault host key identifiers from this provider name.
@@ -348,9 +497,9 @@ impl TransitProvider {
 
     async fn read_key_with(&self, name: &str, retry: bool) -> Result<KeyData, ProviderError> {
         crate::provider::check_name(name)?;
-        let path = self.conn.mount_path(&format!("keys/{name}"));
-        self.conn
-            .call(&self.token, Method::GET, &path, None, Op::Key, retry)
+        let path = self.client.conn.mount_path(&format!("keys/{name}"));
+        self.client
+            .call(Method::GET, &path, None, Op::Key, retry)
             .await
             .map_err(|e| name_not_found(e, name))?
             .data("GET key")
@@ -367,17 +516,10 @@ impl TransitProvider {
             Some(v) => format!(r#"{{"plaintext":"{}","key_version":{v}}}"#, pt.as_str()),
             None => format!(r#"{{"plaintext":"{}"}}"#, pt.as_str()),
         };
-        let path = self.conn.mount_path(&format!("encrypt/{name}"));
+        let path = self.client.conn.mount_path(&format!("encrypt/{name}"));
         let ans = self
-            .conn
-            .call(
-                &self.token,
-                Method::POST,
-                &path,
-                Some(body),
-                Op::Encrypt,
-                true,
-            )
+            .client
+            .call(Method::POST, &path, Some(body), Op::Encrypt, true)
             .await?;
         let data: EncryptData = ans.data("encrypt")?;
         let (v, raw) = wire::parse_ciphertext(&data.ciphertext).ok_or_else(|| {
@@ -458,9 +600,10 @@ impl KeyProvider for TransitProvider {
     async fn vault_properties(&self) -> Result<VaultProperties, ProviderError> {
         // 200 active, 429 standby, 472/473 replication / performance standby: all serve.
         let r = self
+            .client
             .conn
             .call(
-                &self.token,
+                &self.client.auth.peek(),
                 Method::GET,
                 "sys/health?standbyok=true&perfstandbyok=true",
                 None,
@@ -595,16 +738,9 @@ impl KeyProvider for TransitProvider {
                 r#"{{"ciphertext":"{}"}}"#,
                 wire::format_ciphertext(v, &wrapped.ciphertext)
             );
-            let path = self.conn.mount_path(&format!("decrypt/{name}"));
-            self.conn
-                .call(
-                    &self.token,
-                    Method::POST,
-                    &path,
-                    Some(body),
-                    Op::Decrypt,
-                    true,
-                )
+            let path = self.client.conn.mount_path(&format!("decrypt/{name}"));
+            self.client
+                .call(Method::POST, &path, Some(body), Op::Decrypt, true)
                 .await
         } else {
             Err(ProviderError::new(

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 
-use super::http::{Op, classify};
+use super::http::{MAX_TEXT, Op, classify, server_text};
 use super::wire::{format_ciphertext, parse_ciphertext, parse_rfc3339, parse_version};
 use super::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider, shape_fits};
 use crate::error::ProviderErrorKind as K;
@@ -254,7 +254,8 @@ fn shapes_of_wrapped_blobs() {
 
 #[test]
 fn config_never_prints_the_token_and_derives_the_host() {
-    let cfg = TransitConfig::new("http://127.0.0.1:18200/", SecretString::new("s.topsecret"));
+    let cfg = TransitConfig::new("http://127.0.0.1:18200/", SecretString::new("s.topsecret"))
+        .allow_insecure_http(true);
     assert!(!format!("{cfg:?}").contains("topsecret"));
     let p = TransitProvider::new(cfg.clone()).expect("provider");
     assert_eq!(p.vault_host(), "127.0.0.1:18200");
@@ -279,4 +280,89 @@ fn config_never_prints_the_token_and_derives_the_host() {
     )
     .expect_err("bad ca");
     assert_eq!(e.kind(), K::InvalidRequest);
+}
+
+#[test]
+fn plain_http_is_refused_unless_opted_in() {
+    for addr in ["http://127.0.0.1:18200", "HTTP://vault.example:8200"] {
+        let cfg = TransitConfig::new(addr, SecretString::new("t"));
+        let e = TransitProvider::new(cfg.clone()).expect_err(addr);
+        assert_eq!(e.kind(), K::InvalidRequest, "{e}");
+        assert!(e.message().contains("allow_insecure_http(true)"), "{e}");
+        let e = TransitAdmin::new(cfg.clone()).expect_err(addr);
+        assert!(e.message().contains("allow_insecure_http"), "{e}");
+        TransitProvider::new(cfg.allow_insecure_http(true)).expect("opted in");
+    }
+    TransitProvider::new(TransitConfig::new(
+        "https://vault.example",
+        SecretString::new("t"),
+    ))
+    .expect("https needs no opt-in");
+    let e = TransitProvider::new(
+        TransitConfig::new("https://vault.example", SecretString::new("t")).proxy("::not a url"),
+    )
+    .expect_err("bad proxy");
+    assert_eq!(e.kind(), K::InvalidRequest, "{e}");
+}
+
+#[test]
+fn an_address_no_key_id_can_name_is_refused_with_the_workaround() {
+    for addr in [
+        "https://[::1]:8200",
+        "http://[::1]:8200",
+        "https://[2001:db8::1]",
+    ] {
+        let cfg = TransitConfig::new(addr, SecretString::new("t")).allow_insecure_http(true);
+        let host = addr.split("//").nth(1).unwrap_or_default();
+        match crate::KeyId::new(host, "k", None) {
+            // Should key identifiers learn IPv6 literals, the address becomes fine.
+            Ok(_) => {
+                TransitProvider::new(cfg.clone()).expect("a nameable host");
+            }
+            Err(_) => {
+                let e = TransitProvider::new(cfg.clone()).expect_err(addr);
+                assert_eq!(e.kind(), K::InvalidRequest, "{e}");
+                assert!(e.message().contains("TransitConfig::vault_host"), "{e}");
+                let e = TransitAdmin::new(cfg.clone()).expect_err(addr);
+                assert!(e.message().contains("DNS name"), "{e}");
+            }
+        }
+        // The workaround: a name for key identifiers.
+        let p = TransitProvider::new(cfg.vault_host("vault6.internal")).expect("named");
+        assert_eq!(p.vault_host(), "vault6.internal");
+        crate::KeyId::new(p.vault_host(), "k", None).expect("nameable");
+    }
+}
+
+#[test]
+fn server_text_is_bounded_printable_and_never_echoes_the_request() {
+    let long = "x".repeat(5_000_000);
+    let t = server_text(&long, None);
+    assert!(t.chars().count() <= MAX_TEXT + 20, "{}", t.len());
+    assert!(t.ends_with("(truncated)"));
+    let t = server_text("bad\u{1b}[31m red\r\nline\u{202e}evil\0end\t", None);
+    assert!(
+        !t.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        "{t:?}"
+    );
+    assert_eq!(t, "bad [31m red line evil end");
+    let body = r#"{"plaintext":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","key_version":1}"#;
+    for echo in [
+        format!("<html>bad gateway for {body}</html>"),
+        "upstream said: AAECAwQFBgcICQoL".to_owned(),
+        body.replace('"', "&quot;"),
+        body.replace('/', "\\/").replace('"', "\\\""),
+    ] {
+        let t = server_text(&echo, Some(body));
+        assert!(!t.contains("AAECAwQF"), "{t}");
+        assert!(t.contains("not shown"), "{t}");
+    }
+    // Vault's own texts pass.
+    for ok in [
+        "permission denied",
+        "encryption key not found",
+        "refusing to use soft-deleted key",
+    ] {
+        assert_eq!(server_text(ok, Some(body)), ok);
+    }
 }
