@@ -30,6 +30,8 @@ pub(super) const LOCK_FILE: &str = "lock";
 pub(super) const KEYS_DIR: &str = "keys";
 /// Prefix of temporary files (removed when a vault opens).
 pub(super) const TMP_PREFIX: &str = ".tmp-";
+/// Longest string (identity name, host, region, tenant, key name) a vault file stores.
+pub(super) const MAX_STR_LEN: usize = u16::MAX as usize;
 
 const META_MAGIC: &[u8; 8] = b"BYOKMETA";
 const STATE_MAGIC: &[u8; 8] = b"BYOKSTAT";
@@ -283,7 +285,10 @@ fn open_record(
 fn record_aad(header: &[u8], file_name: &str, vault_id: &[u8; 16]) -> Vec<u8> {
     let mut w = Writer::default();
     w.raw(header);
-    w.str(file_name);
+    // File names are the vault's own short constants and `keys/<32 hex>.key`.
+    let n = u16::try_from(file_name.len()).unwrap_or(u16::MAX);
+    w.u16(n);
+    w.raw(file_name.as_bytes());
     w.raw(vault_id);
     w.0
 }
@@ -350,20 +355,20 @@ pub(super) fn write_state(
 ) -> Parsed<Vec<u8>> {
     let mut w = Writer::default();
     let p = &state.props;
-    w.str(&p.host);
+    w.str(&p.host)?;
     w.bool(p.soft_delete);
     w.u32(p.retention_days);
     w.bool(p.purge_protection);
-    w.str(&p.region);
-    w.str(&p.tenant);
+    w.str(&p.region)?;
+    w.str(&p.tenant)?;
     w.u32(len_u32(state.access.len())?);
     for (who, perm) in &state.access {
-        w.str(who.as_str());
+        w.str(who.as_str())?;
         w.u8(u8::from(perm.get) | u8::from(perm.wrap_key) << 1 | u8::from(perm.unwrap_key) << 2);
     }
     w.u32(len_u32(state.keys.len())?);
     for (name, e) in &state.keys {
-        w.str(name);
+        w.str(name)?;
         match e.deleted_at {
             None => w.u8(0),
             Some(t) => {
@@ -374,7 +379,7 @@ pub(super) fn write_state(
         w.u64(e.next);
         w.u32(len_u32(e.versions.len())?);
         for v in &e.versions {
-            w.str(&v.version);
+            w.str(&v.version)?;
             w.bool(v.enabled);
             w.time(v.created)?;
             w.key_type(&v.material.key_type());
@@ -496,8 +501,8 @@ pub(super) fn write_key(
         Material::Ec(k) => Zeroizing::new(k.to_vec()),
     };
     let mut w = Writer::default();
-    w.str(name);
-    w.str(version);
+    w.str(name)?;
+    w.str(version)?;
     w.time(created)?;
     w.key_type(&material.key_type());
     w.bytes(&secret)?;
@@ -616,11 +621,14 @@ impl Writer {
     fn u64(&mut self, v: u64) {
         self.raw(&v.to_be_bytes());
     }
-    /// A string: u16 length, UTF-8 bytes (names and hosts are short).
-    fn str(&mut self, s: &str) {
-        let n = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    /// A string: u16 length, UTF-8 bytes. A longer string is refused, never truncated (the
+    /// vault checks lengths at its API first, see `MAX_STR_LEN`).
+    fn str(&mut self, s: &str) -> Parsed<()> {
+        let n = u16::try_from(s.len())
+            .map_err(|_| Malformed::Bad("a string is longer than 65535 bytes"))?;
         self.u16(n);
-        self.raw(&s.as_bytes()[..usize::from(n)]);
+        self.raw(s.as_bytes());
+        Ok(())
     }
     fn bytes(&mut self, b: &[u8]) -> Parsed<()> {
         self.u32(len_u32(b.len())?);
