@@ -181,7 +181,7 @@ async fn key_names_are_case_insensitive() {
     assert_eq!(
         v.create_key("cmk", KeySpec::Aes256)
             .await
-            .unwrap_err()
+            .expect_err("a second key by another case")
             .kind(),
         ProviderErrorKind::Conflict
     );
