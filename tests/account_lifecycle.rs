@@ -455,3 +455,52 @@ async fn concurrent_operations_on_a_cold_cache_unwrap_once() {
         ));
     }
 }
+
+/// Issue 16 item 5: spellings of one key URI that differ only where RFC 3986 says they are
+/// equivalent (scheme and host case, default port, leading zeros, trailing dot) and in the
+/// case of the key name are one key everywhere in the account layer.
+#[tokio::test]
+async fn equivalent_key_uris_are_one_key() {
+    let w = World::new().await;
+    w.cmk("cmk-a", 2048).await;
+    w.cmk("cmk-b", 2048).await;
+    let spelled = |s: String| -> byok::KeyId { s.parse().expect(&s) };
+    let host = common::HOST;
+    let policy = Policy::builder("same-vault")
+        .key_change_same_vault_only(true)
+        .build();
+
+    // Platform -> customer with a ":443" spelling: the vault is found.
+    let id = w.platform_account("uri-1", policy.clone()).await;
+    let a443 = spelled(format!("HTTPS://{}:443/keys/CMK-A", host.to_uppercase()));
+    w.manager
+        .set_customer_key(&id, a443, w.identity.clone())
+        .await
+        .expect("platform -> customer through host:443");
+
+    // The same-vault rule sees one vault behind different spellings.
+    let b = spelled(format!("https://{host}./keys/cmk-b"));
+    let rec = w
+        .manager
+        .set_customer_key(&id, b, w.identity.clone())
+        .await
+        .expect("key change within the same vault");
+    let KeySource::Customer { key, .. } = &rec.key_source else {
+        panic!("customer key expected");
+    };
+    assert_eq!(key.to_string(), format!("https://{host}/keys/cmk-b"));
+
+    // accounts_using finds the account whatever the spelling of the version's URI.
+    for s in [
+        format!("https://{host}/keys/cmk-b/1"),
+        format!("https://{host}:443/keys/cmk-b/1"),
+        format!("https://{host}:00443/keys/CMK-B/1/"),
+    ] {
+        let found = w
+            .manager
+            .accounts_using(&spelled(s.clone()))
+            .await
+            .expect("using");
+        assert_eq!(found, vec![id.clone()], "{s}");
+    }
+}

@@ -765,3 +765,207 @@ async fn openssl_keys_import_and_openssl_wrapped_keys_unwrap() {
     fs::remove_dir_all(&dir).unwrap();
     fs::remove_dir_all(&work).unwrap();
 }
+
+/// Issue 16 item 6: "no vault here" is `VaultNotFound`; a vault with an entry missing is
+/// `Corrupted` naming that entry (never the transient `Unavailable`, which callers retry).
+#[tokio::test]
+async fn missing_entries_are_corrupted_and_named() {
+    let e = FileVault::open(fresh_dir("nothing"), &options()).unwrap_err();
+    assert_eq!(e.kind(), K::VaultNotFound, "{e}");
+    let empty = fresh_dir("empty-dir");
+    fs::create_dir(&empty).unwrap();
+    let e = FileVault::open(&empty, &options()).unwrap_err();
+    assert_eq!(e.kind(), K::VaultNotFound, "{e}");
+    assert!(e.message().contains("vault.meta"), "{e}");
+
+    for entry in ["vault.meta", "state", "lock", "keys"] {
+        let (dir, _) = sample_vault(&format!("missing-{entry}")).await;
+        let p = dir.join(entry);
+        if p.is_dir() {
+            fs::remove_dir_all(&p).unwrap();
+        } else {
+            fs::remove_file(&p).unwrap();
+        }
+        expect_corrupted(&dir, &p, &format!("{entry} removed"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // Removed under an open handle: the next change names keys/, still not transient.
+    let (dir, _) = sample_vault("missing-keys-open").await;
+    let v = FileVault::open(&dir, &options()).unwrap();
+    fs::remove_dir_all(dir.join("keys")).unwrap();
+    let e = v.create_key("c", KeySpec::Aes256).await.unwrap_err();
+    assert_eq!(e.kind(), K::Corrupted, "{e}");
+    assert!(e.message().contains("keys"), "{e}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 16 item 6: a `vault.meta` copied from another vault (same passphrase) is reported
+/// against `vault.meta`, not against the state.
+#[tokio::test]
+async fn a_meta_from_another_vault_is_named() {
+    let (a, _) = sample_vault("meta-a").await;
+    let (b, _) = sample_vault("meta-b").await;
+    fs::copy(b.join("vault.meta"), a.join("vault.meta")).unwrap();
+    let e = FileVault::open(&a, &options()).unwrap_err();
+    assert_eq!(e.kind(), K::Corrupted, "{e}");
+    assert!(e.message().contains("vault.meta"), "{e}");
+    assert!(e.message().contains("another vault"), "{e}");
+    // A state from another vault, with the right vault.meta, is still the state's fault.
+    let (c, _) = sample_vault("meta-c").await;
+    fs::copy(b.join("state"), c.join("state")).unwrap();
+    expect_corrupted(&c, &c.join("state"), "state from another vault");
+    for d in [&a, &b, &c] {
+        fs::remove_dir_all(d).unwrap();
+    }
+}
+
+/// Issue 16 item 7: strings the format cannot hold (a `u16` length) are refused at the API,
+/// never truncated (mid-character) into a vault that then fails to open.
+#[tokio::test]
+async fn overlong_strings_are_refused_not_truncated() {
+    let long = "é".repeat(40_000); // 80 000 bytes, 2-byte characters
+    for (what, p) in [
+        ("region", VaultProperties::new("long.example", &long, "t")),
+        ("tenant", VaultProperties::new("long.example", "r", &long)),
+    ] {
+        let dir = fresh_dir("long");
+        let e = FileVault::create(&dir, p, &options()).unwrap_err();
+        assert_eq!(e.kind(), K::InvalidRequest, "{what}: {e}");
+        assert!(e.message().contains("65535"), "{what}: {e}");
+        assert!(!dir.exists(), "{what}: nothing is created");
+    }
+    let dir = fresh_dir("long-identity");
+    let v = FileVault::create(&dir, props("long.example"), &options()).unwrap();
+    let e = v
+        .set_access(&Identity::new(&long), Permissions::CMK)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), K::InvalidRequest, "{e}");
+    assert!(e.message().contains("identity name"), "{e}");
+    // Exactly the limit is stored and reads back whole.
+    let max = "a".repeat(65_535);
+    v.set_access(&Identity::new(&max), Permissions::CMK)
+        .await
+        .unwrap();
+    drop(v);
+    let v = FileVault::open(&dir, &options()).unwrap();
+    v.create_key("k", KeySpec::Aes256).await.unwrap();
+    v.provider(&Identity::new(&max))
+        .wrap_key("k", None, WrapAlgorithm::A256Kw, &[1u8; 32])
+        .await
+        .unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 16 item 8: a vault another user could have tampered with is refused with a clear
+/// error naming the entry: symbolic links (lock, state, meta, key files, keys/), entries owned
+/// by another uid, group- or world-writable entries, oversized key files. Tests run as root
+/// here, so ownership is exercised with `chown` to another uid.
+#[tokio::test]
+async fn tamperable_vaults_are_refused() {
+    use std::os::unix::fs::{chown, symlink};
+    let check = |dir: &Path, entry: &Path, what: &str, needle: &str| {
+        let e = FileVault::open(dir, &options()).expect_err(what);
+        assert_eq!(e.kind(), K::Corrupted, "{what}: {e}");
+        let shown = entry.strip_prefix(dir).unwrap().display().to_string();
+        assert!(
+            e.message().contains(&shown),
+            "{what}: {e} does not name {shown}"
+        );
+        assert!(
+            e.message().contains(needle),
+            "{what}: {e} does not say {needle:?}"
+        );
+    };
+    let other_uid = 4242;
+
+    // Symbolic links, each pointing at a faithful copy: refused for what they are.
+    for entry in ["lock", "state", "vault.meta", "KEY"] {
+        let (dir, keys) = sample_vault(&format!("link-{entry}")).await;
+        let p = if entry == "KEY" {
+            keys[0].clone()
+        } else {
+            dir.join(entry)
+        };
+        let copy = dir.with_extension(format!("copy-{}", entry.replace('.', "-")));
+        fs::copy(&p, &copy).unwrap();
+        fs::remove_file(&p).unwrap();
+        symlink(&copy, &p).unwrap();
+        check(&dir, &p, &format!("{entry} as a symlink"), "symbolic link");
+        fs::remove_file(&copy).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    let (dir, _) = sample_vault("link-keys").await;
+    let moved = dir.with_extension("keys-elsewhere");
+    fs::rename(dir.join("keys"), &moved).unwrap();
+    symlink(&moved, dir.join("keys")).unwrap();
+    check(
+        &dir,
+        &dir.join("keys"),
+        "keys/ as a symlink",
+        "symbolic link",
+    );
+    fs::remove_dir_all(&moved).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+
+    // Another owner, for every kind of entry.
+    for entry in ["vault.meta", "state", "lock", "keys", "KEY"] {
+        let (dir, keys) = sample_vault(&format!("owner-{entry}")).await;
+        let p = if entry == "KEY" {
+            keys[0].clone()
+        } else {
+            dir.join(entry)
+        };
+        chown(&p, Some(other_uid), None).unwrap();
+        check(
+            &dir,
+            &p,
+            &format!("{entry} owned by another uid"),
+            "uid 4242",
+        );
+        chown(&p, Some(0), None).unwrap();
+        FileVault::open(&dir, &options()).expect("restored ownership opens");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    let (dir, _) = sample_vault("owner-dir").await;
+    chown(&dir, Some(other_uid), None).unwrap();
+    let e = FileVault::open(&dir, &options()).unwrap_err();
+    assert_eq!(e.kind(), K::Corrupted, "{e}");
+    assert!(e.message().contains("uid 4242"), "{e}");
+    chown(&dir, Some(0), None).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+
+    // Group- or world-writable entries and directory.
+    for (entry, m) in [
+        ("state", 0o620),
+        ("vault.meta", 0o606),
+        ("keys", 0o770),
+        ("", 0o777),
+    ] {
+        let (dir, _) = sample_vault("writable").await;
+        let p = if entry.is_empty() {
+            dir.clone()
+        } else {
+            dir.join(entry)
+        };
+        fs::set_permissions(&p, fs::Permissions::from_mode(m)).unwrap();
+        let e = FileVault::open(&dir, &options()).unwrap_err();
+        assert_eq!(e.kind(), K::Corrupted, "{entry} {m:o}: {e}");
+        assert!(e.message().contains("writable"), "{entry} {m:o}: {e}");
+        fs::set_permissions(
+            &p,
+            fs::Permissions::from_mode(if p.is_dir() { 0o700 } else { 0o600 }),
+        )
+        .unwrap();
+        FileVault::open(&dir, &options()).expect("restored mode opens");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // A key file far larger than any key version is refused before it is read.
+    let (dir, keys) = sample_vault("big-key").await;
+    let f = fs::OpenOptions::new().append(true).open(&keys[0]).unwrap();
+    f.set_len(2 << 20).unwrap();
+    check(&dir, &keys[0], "a 2 MiB key file", "larger");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -170,3 +170,32 @@ fn debug_output_has_no_secrets() {
     assert!(s.contains("mem.vault.example"), "{s}");
     assert!(!s.contains("BEGIN"), "{s}");
 }
+
+/// Issue 16 item 5: key names are case-insensitive (as in Azure Key Vault and `KeyId`): `cmk`
+/// and `CMK` are one key, reported in lower case.
+#[tokio::test]
+async fn key_names_are_case_insensitive() {
+    let v = vault();
+    let created = v.create_key("CMK", KeySpec::Aes256).await.expect("create");
+    assert_eq!(created.name, "cmk");
+    assert_eq!(
+        v.create_key("cmk", KeySpec::Aes256)
+            .await
+            .expect_err("a second key by another case")
+            .kind(),
+        ProviderErrorKind::Conflict
+    );
+    let p = app(&v).await;
+    let w = p
+        .wrap_key("Cmk", None, WrapAlgorithm::A256Kw, &[9u8; 32])
+        .await
+        .expect("wrap through another case");
+    assert_eq!(w.key_name, "cmk");
+    assert_eq!(
+        p.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        &[9u8; 32]
+    );
+    let id = created.key_id().expect("key id");
+    let upper: byok::KeyId = "https://V.EXAMPLE/keys/CMK/1".parse().expect("upper");
+    assert_eq!(id.name(), upper.name());
+}

@@ -359,12 +359,13 @@ impl VaultDirectory {
         Self::default()
     }
 
-    /// Registers the vault reachable at `host`.
+    /// Registers the vault reachable at `host` (normalised like [`crate::KeyId::vault`]:
+    /// `v.example:443` and `V.example.` are `v.example`).
     pub fn add_vault(&self, host: &str, vault: Arc<dyn VaultAdmin>) {
         self.vaults
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(host.to_ascii_lowercase(), vault);
+            .insert(crate::key_id::canonical_vault(host), vault);
     }
 
     /// Uses `provider` for `identity` on `host` instead of the vault's own.
@@ -377,12 +378,15 @@ impl VaultDirectory {
         self.overrides
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((host.to_ascii_lowercase(), identity.clone()), provider);
+            .insert(
+                (crate::key_id::canonical_vault(host), identity.clone()),
+                provider,
+            );
     }
 
     /// Forgets the vault at `host` (its keys become unreachable: `VaultNotFound`).
     pub fn remove_vault(&self, host: &str) {
-        let host = host.to_ascii_lowercase();
+        let host = crate::key_id::canonical_vault(host);
         self.vaults
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -401,7 +405,7 @@ impl KeyResolver for VaultDirectory {
         vault: &str,
         identity: &Identity,
     ) -> Result<Arc<dyn KeyProvider>, ProviderError> {
-        let host = vault.to_ascii_lowercase();
+        let host = crate::key_id::canonical_vault(vault);
         if let Some(p) = self
             .overrides
             .read()

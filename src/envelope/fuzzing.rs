@@ -108,3 +108,10 @@ pub fn fuzz_stream(data: &[u8]) {
         }
     }
 }
+
+/// Key identifier parsing (`KeyId`): never panics; parse → print → parse is the identity;
+/// equivalent spellings of a parsed identifier compare and hash equal (see
+/// `key_id::check_parser_properties`). Non-UTF-8 input is read lossily.
+pub fn fuzz_key_id(data: &[u8]) {
+    crate::key_id::check_parser_properties(&String::from_utf8_lossy(data));
+}

@@ -251,11 +251,11 @@ pub struct VaultProperties {
 }
 
 impl VaultProperties {
-    /// Properties for a vault at `host` with soft-delete (90 days) and purge protection on, in
+    /// Properties for a vault at `host` (normalised like [`crate::KeyId::vault`]) with soft-delete (90 days) and purge protection on, in
     /// region `region` and tenant `tenant`.
     pub fn new(host: &str, region: &str, tenant: &str) -> Self {
         Self {
-            host: host.to_ascii_lowercase(),
+            host: crate::key_id::canonical_vault(host),
             soft_delete: true,
             retention_days: 90,
             purge_protection: true,

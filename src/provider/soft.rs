@@ -201,6 +201,7 @@ impl VaultState {
 
     /// The live (not deleted) key `name`.
     pub(crate) fn live(&self, name: &str) -> Result<&KeyEntry, ProviderError> {
+        let name = &fold(name);
         match self.keys.get(name) {
             None => Err(not_found(name)),
             Some(e) if e.deleted_at.is_some() => Err(ProviderError::new(
@@ -212,6 +213,7 @@ impl VaultState {
     }
 
     pub(crate) fn live_mut(&mut self, name: &str) -> Result<&mut KeyEntry, ProviderError> {
+        let name = &fold(name);
         self.live(name)?;
         self.keys.get_mut(name).ok_or_else(|| not_found(name))
     }
@@ -251,6 +253,7 @@ impl VaultState {
     }
 
     pub(crate) fn properties(&self, name: &str, v: &Version) -> KeyProperties {
+        let name = &fold(name);
         KeyProperties {
             vault: self.props.host.clone(),
             name: name.to_owned(),
@@ -277,7 +280,7 @@ impl VaultState {
         self.authorize(who, Need::Wrap)?;
         let v = self.usable(name, version)?;
         Ok(WrappedKey {
-            key_name: name.to_owned(),
+            key_name: fold(name),
             key_version: v.version.clone(),
             algorithm: alg,
             ciphertext: v.material.wrap(alg, pt)?,
@@ -307,6 +310,7 @@ impl VaultState {
         create: bool,
     ) -> Result<KeyProperties, ProviderError> {
         crate::provider::check_name(name)?;
+        let name = &fold(name);
         let entry = match self.keys.get_mut(name) {
             Some(e) if e.deleted_at.is_some() => {
                 return Err(ProviderError::new(
@@ -361,6 +365,7 @@ impl VaultState {
     }
 
     pub(crate) fn delete(&mut self, name: &str, now: SystemTime) -> Result<(), ProviderError> {
+        let name = &fold(name);
         let soft = self.props.soft_delete;
         let e = self.live_mut(name)?;
         if soft {
@@ -372,6 +377,7 @@ impl VaultState {
     }
 
     pub(crate) fn recover(&mut self, name: &str) -> Result<(), ProviderError> {
+        let name = &fold(name);
         match self.keys.get_mut(name) {
             Some(e) if e.deleted_at.is_some() => {
                 e.deleted_at = None;
@@ -385,6 +391,7 @@ impl VaultState {
     }
 
     pub(crate) fn purge(&mut self, name: &str, now: SystemTime) -> Result<(), ProviderError> {
+        let name = &fold(name);
         let retention = Duration::from_secs(u64::from(self.props.retention_days) * 86_400);
         match self.keys.get(name) {
             Some(KeyEntry {
@@ -482,6 +489,7 @@ impl VaultState {
 
     /// Refuses a name that is taken (also while soft-deleted), before a key is generated.
     pub(crate) fn check_free(&self, name: &str) -> Result<(), ProviderError> {
+        let name = &fold(name);
         if self.keys.contains_key(name) {
             Err(ProviderError::new(
                 K::Conflict,
@@ -522,6 +530,12 @@ impl VaultState {
         let v = self.resolve(name, version)?;
         Ok(self.properties(name, v))
     }
+}
+
+/// Key names are case-insensitive (as in Azure Key Vault, and as [`crate::KeyId`] keeps
+/// them): the state holds and reports them in lower case, and every lookup folds its argument.
+fn fold(name: &str) -> String {
+    name.to_ascii_lowercase()
 }
 
 fn not_found(name: &str) -> ProviderError {

@@ -30,6 +30,8 @@ pub(super) const LOCK_FILE: &str = "lock";
 pub(super) const KEYS_DIR: &str = "keys";
 /// Prefix of temporary files (removed when a vault opens).
 pub(super) const TMP_PREFIX: &str = ".tmp-";
+/// Longest string (identity name, host, region, tenant, key name) a vault file stores.
+pub(super) const MAX_STR_LEN: usize = u16::MAX as usize;
 
 const META_MAGIC: &[u8; 8] = b"BYOKMETA";
 const STATE_MAGIC: &[u8; 8] = b"BYOKSTAT";
@@ -283,7 +285,10 @@ fn open_record(
 fn record_aad(header: &[u8], file_name: &str, vault_id: &[u8; 16]) -> Vec<u8> {
     let mut w = Writer::default();
     w.raw(header);
-    w.str(file_name);
+    // File names are the vault's own short constants and `keys/<32 hex>.key`.
+    let n = u16::try_from(file_name.len()).unwrap_or(u16::MAX);
+    w.u16(n);
+    w.raw(file_name.as_bytes());
     w.raw(vault_id);
     w.0
 }
@@ -350,20 +355,20 @@ pub(super) fn write_state(
 ) -> Parsed<Vec<u8>> {
     let mut w = Writer::default();
     let p = &state.props;
-    w.str(&p.host);
+    w.str(&p.host)?;
     w.bool(p.soft_delete);
     w.u32(p.retention_days);
     w.bool(p.purge_protection);
-    w.str(&p.region);
-    w.str(&p.tenant);
+    w.str(&p.region)?;
+    w.str(&p.tenant)?;
     w.u32(len_u32(state.access.len())?);
     for (who, perm) in &state.access {
-        w.str(who.as_str());
+        w.str(who.as_str())?;
         w.u8(u8::from(perm.get) | u8::from(perm.wrap_key) << 1 | u8::from(perm.unwrap_key) << 2);
     }
     w.u32(len_u32(state.keys.len())?);
     for (name, e) in &state.keys {
-        w.str(name);
+        w.str(name)?;
         match e.deleted_at {
             None => w.u8(0),
             Some(t) => {
@@ -374,7 +379,7 @@ pub(super) fn write_state(
         w.u64(e.next);
         w.u32(len_u32(e.versions.len())?);
         for v in &e.versions {
-            w.str(&v.version);
+            w.str(&v.version)?;
             w.bool(v.enabled);
             w.time(v.created)?;
             w.key_type(&v.material.key_type());
@@ -500,8 +505,8 @@ pub(super) fn write_key(
     let mut w = Writer(Vec::with_capacity(
         64 + name.len() + version.len() + secret.len(),
     ));
-    w.str(name);
-    w.str(version);
+    w.str(name)?;
+    w.str(version)?;
     w.time(created)?;
     w.key_type(&material.key_type());
     w.bytes(&secret)?;
@@ -561,15 +566,28 @@ pub(super) fn read_key(
     ))
 }
 
-/// Builds a vault state from a state record, loading each version's material with `load`.
+/// Builds a vault state from a state record, loading each version's material with `load`
+/// (called with the name as recorded). Key names are case-insensitive: a vault written before
+/// they were (a name with capitals) is read under the lower-case name; two recorded names that
+/// differ only in case are refused through `clash`.
 pub(super) fn assemble<E>(
     rec: StateRecord,
     mut load: impl FnMut(&str, &StateVersion) -> Result<Material, E>,
+    clash: impl FnOnce(&str) -> E,
 ) -> Result<(VaultState, FileMap), E> {
     let mut state = VaultState::new(rec.props);
     state.access = rec.access;
     let mut files = FileMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(k) = rec
+        .keys
+        .iter()
+        .find(|k| !seen.insert(k.name.to_ascii_lowercase()))
+    {
+        return Err(clash(&k.name));
+    }
     for k in rec.keys {
+        let folded = k.name.to_ascii_lowercase();
         let mut entry = KeyEntry {
             versions: Vec::with_capacity(k.versions.len()),
             deleted_at: k.deleted_at,
@@ -578,7 +596,7 @@ pub(super) fn assemble<E>(
         for v in &k.versions {
             let material = load(&k.name, v)?;
             files
-                .entry(k.name.clone())
+                .entry(folded.clone())
                 .or_default()
                 .insert(v.version.clone(), v.file);
             entry.versions.push(crate::provider::soft::Version {
@@ -588,7 +606,7 @@ pub(super) fn assemble<E>(
                 created: v.created,
             });
         }
-        state.keys.insert(k.name, entry);
+        state.keys.insert(folded, entry);
     }
     Ok((state, files))
 }
@@ -620,11 +638,14 @@ impl Writer {
     fn u64(&mut self, v: u64) {
         self.raw(&v.to_be_bytes());
     }
-    /// A string: u16 length, UTF-8 bytes (names and hosts are short).
-    fn str(&mut self, s: &str) {
-        let n = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    /// A string: u16 length, UTF-8 bytes. A longer string is refused, never truncated (the
+    /// vault checks lengths at its API first, see `MAX_STR_LEN`).
+    fn str(&mut self, s: &str) -> Parsed<()> {
+        let n = u16::try_from(s.len())
+            .map_err(|_| Malformed::Bad("a string is longer than 65535 bytes"))?;
         self.u16(n);
-        self.raw(&s.as_bytes()[..usize::from(n)]);
+        self.raw(s.as_bytes());
+        Ok(())
     }
     fn bytes(&mut self, b: &[u8]) -> Parsed<()> {
         self.u32(len_u32(b.len())?);
@@ -804,6 +825,65 @@ mod tests {
     }
 
     #[test]
+    fn names_with_capitals_from_earlier_versions_load_folded_and_clashes_are_refused() {
+        let (mut st, _) = sample();
+        // As an earlier version could record it: a name with capitals.
+        let entry = st.keys.remove("k1").unwrap();
+        st.keys.insert("K1-Tenant".to_owned(), entry);
+        let files: FileMap = st
+            .keys
+            .iter()
+            .map(|(n, e)| {
+                let m = e
+                    .versions
+                    .iter()
+                    .map(|v| (v.version.clone(), FileId::random()))
+                    .collect();
+                (n.clone(), m)
+            })
+            .collect();
+        let id = [7u8; 16];
+        let bytes = write_state(&gcm(), &id, 1, &st, &files).unwrap();
+        let rec = read_state(&gcm(), &id, &bytes).unwrap();
+        let mut asked = Vec::new();
+        let (back, files2) = assemble(
+            rec,
+            |n, v| {
+                asked.push(n.to_owned());
+                Ok::<_, String>(
+                    st.keys[n].versions[v.version.parse::<usize>().unwrap() - 1]
+                        .material
+                        .clone(),
+                )
+            },
+            |n| format!("clash {n}"),
+        )
+        .unwrap();
+        assert!(back.keys.contains_key("k1-tenant") && !back.keys.contains_key("K1-Tenant"));
+        assert!(files2.contains_key("k1-tenant"));
+        assert!(
+            asked.iter().any(|n| n == "K1-Tenant"),
+            "key files are read by the recorded name"
+        );
+        // Two recorded names that differ only in case cannot both be kept.
+        let mut st2 = st.clone();
+        let dup = st2.keys["ec"].clone();
+        st2.keys.insert("EC".to_owned(), dup);
+        let mut files3 = files.clone();
+        files3.insert("EC".to_owned(), files["ec"].clone());
+        let bytes = write_state(&gcm(), &id, 2, &st2, &files3).unwrap();
+        let rec = read_state(&gcm(), &id, &bytes).unwrap();
+        let e = assemble(
+            rec,
+            |_, _| Err::<Material, _>("load".to_owned()),
+            |n| format!("clash {n}"),
+        )
+        .err()
+        .unwrap();
+        assert!(e.starts_with("clash"), "{e}");
+    }
+
+    #[test]
     fn state_round_trips_and_every_bit_flip_is_detected() {
         let (st, files) = sample();
         let id = [7u8; 16];
@@ -818,11 +898,15 @@ mod tests {
                 mats.insert((n.clone(), v.version.clone()), v.material.clone());
             }
         }
-        let (back, files2) = assemble(rec, |n, v| {
-            mats.get(&(n.to_owned(), v.version.clone()))
-                .cloned()
-                .ok_or(())
-        })
+        let (back, files2) = assemble(
+            rec,
+            |n, v| {
+                mats.get(&(n.to_owned(), v.version.clone()))
+                    .cloned()
+                    .ok_or(())
+            },
+            |_| (),
+        )
         .unwrap();
         assert_eq!(files2, files);
         assert_eq!(back.keys.len(), 2);

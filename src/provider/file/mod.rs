@@ -235,10 +235,46 @@ impl fmt::Debug for FileVault {
     }
 }
 
-fn io_err(path: &Path, e: &io::Error) -> ProviderError {
+/// An I/O error where nothing says the vault is damaged (creation, disk full, EIO).
+fn unavailable(path: &Path, e: &io::Error) -> ProviderError {
     ProviderError::new(
         K::Unavailable,
         format!("file vault {}: {e}", path.display()),
+    )
+}
+
+/// An I/O error on a file or directory of an existing vault: a missing entry is `Corrupted`
+/// (naming it), so is one another user could have written (symbolic link, foreign owner,
+/// group- or world-writable) and one too large to be a vault file; anything else is
+/// `Unavailable`.
+fn io_err(path: &Path, e: &io::Error) -> ProviderError {
+    if e.kind() == io::ErrorKind::NotFound {
+        return corrupted(path, "missing");
+    }
+    if fsio::is_symlink_refusal(e) {
+        return tampered(path, "is a symbolic link");
+    }
+    if let Some(u) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<fsio::Unsafe>())
+    {
+        return tampered(path, u);
+    }
+    if e.kind() == io::ErrorKind::InvalidData {
+        return corrupted(path, e);
+    }
+    unavailable(path, e)
+}
+
+fn tampered(path: &Path, why: impl fmt::Display) -> ProviderError {
+    ProviderError::new(
+        K::Corrupted,
+        format!(
+            "file vault file {} {why}: refusing a vault another user could have tampered with \
+             (every file and directory must be owned by this process's user, not group- or \
+             world-writable, and not a symbolic link)",
+            path.display()
+        ),
     )
 }
 
@@ -261,6 +297,57 @@ fn malformed(path: &Path, m: Malformed) -> ProviderError {
 
 fn invalid(msg: impl Into<String>) -> ProviderError {
     ProviderError::new(K::InvalidRequest, msg)
+}
+
+/// Refuses a string the file format cannot store (a `u16` byte length), before anything is
+/// written: never truncated.
+fn check_stored_len(what: &str, s: &str) -> Result<(), ProviderError> {
+    if s.len() > format::MAX_STR_LEN {
+        return Err(invalid(format!(
+            "{what} is {} bytes long; a file vault stores at most {} bytes",
+            s.len(),
+            format::MAX_STR_LEN
+        )));
+    }
+    Ok(())
+}
+
+/// Tells "no vault here" (`VaultNotFound`: the directory does not exist, or holds none of a
+/// vault's entries) from a damaged or unsafe vault (`Corrupted`, naming the entry that is
+/// missing, of the wrong type, a symbolic link, owned by another user or writable by others).
+fn check_layout(dir: &Path) -> Result<(), ProviderError> {
+    let not_found = |why: &str| {
+        ProviderError::new(
+            K::VaultNotFound,
+            format!("no file vault at {}: {why}", dir.display()),
+        )
+    };
+    match fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(not_found("the directory does not exist"));
+        }
+        Err(e) => return Err(unavailable(dir, &e)),
+        Ok(md) if !md.is_dir() => return Err(not_found("it is not a directory")),
+        Ok(_) => {}
+    }
+    let entries = [META_FILE, STATE_FILE, format::LOCK_FILE, KEYS_DIR];
+    let present: Vec<bool> = entries
+        .iter()
+        .map(|e| fs::symlink_metadata(dir.join(e)).is_ok())
+        .collect();
+    if !present.contains(&true) {
+        return Err(not_found("it holds no vault.meta, state, lock or keys/"));
+    }
+    for (name, here) in entries.iter().zip(&present) {
+        if !here {
+            return Err(corrupted(&dir.join(name), "missing"));
+        }
+    }
+    let uid = fsio::effective_uid(dir).map_err(|e| unavailable(dir, &e))?;
+    fsio::check_dir(dir, true, uid).map_err(|e| io_err(dir, &e))?;
+    let keys = dir.join(KEYS_DIR);
+    fsio::check_dir(&keys, false, uid).map_err(|e| io_err(&keys, &e))?;
+    Ok(())
 }
 
 /// The master key from the passphrase or key file, as `meta` says it was made.
@@ -370,6 +457,9 @@ impl FileVault {
             }
             MasterSecret::KeyFile(_) => Kdf::KeyFile,
         };
+        check_stored_len("the vault host", &props.host)?;
+        check_stored_len("the region", &props.region)?;
+        check_stored_len("the tenant", &props.tenant)?;
         let meta = Meta::new(kdf);
         let master = derive_master(&meta, &options.secret, dir)?;
         let (check, seal) = subkeys(&master, &meta.vault_id);
@@ -397,7 +487,7 @@ impl FileVault {
             crate::util::hex(&rnd)
         ));
         let built = (|| -> Result<(), ProviderError> {
-            let io = |e: io::Error| io_err(&staging, &e);
+            let io = |e: io::Error| unavailable(&staging, &e);
             fsio::mkdir_private(&staging).map_err(io)?;
             fsio::mkdir_private(&staging.join(KEYS_DIR)).map_err(io)?;
             let write = |name: &str, bytes: &[u8]| -> Result<(), ProviderError> {
@@ -429,10 +519,10 @@ impl FileVault {
                         format!("{} exists and is not empty", dir.display()),
                     )
                 } else {
-                    io_err(dir, &e)
+                    unavailable(dir, &e)
                 }
             })?;
-            fsio::sync_dir(&parent).map_err(|e| io_err(&parent, &e))
+            fsio::sync_dir(&parent).map_err(|e| unavailable(&parent, &e))
         })();
         if let Err(e) = built {
             let _ = fs::remove_dir_all(&staging);
@@ -456,16 +546,9 @@ impl FileVault {
     pub fn open(dir: impl AsRef<Path>, options: &FileVaultOptions) -> Result<Self, ProviderError> {
         let dir = dir.as_ref();
         let meta_path = dir.join(META_FILE);
-        let bytes = match fs::read(&meta_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ProviderError::new(
-                    K::VaultNotFound,
-                    format!("no file vault at {}", dir.display()),
-                ));
-            }
-            Err(e) => return Err(io_err(&meta_path, &e)),
-        };
+        check_layout(dir)?;
+        let (_, bytes) =
+            fsio::read_file(&meta_path, fsio::MAX_META_LEN).map_err(|e| io_err(&meta_path, &e))?;
         let meta = Meta::decode(&bytes).map_err(|m| malformed(&meta_path, m))?;
         let master = derive_master(&meta, &options.secret, dir)?;
         let (check, seal) = subkeys(&master, &meta.vault_id);
@@ -489,7 +572,8 @@ impl FileVault {
         options: &FileVaultOptions,
     ) -> Result<Self, ProviderError> {
         let keys_dir = dir.join(KEYS_DIR);
-        let _lock = fsio::lock_exclusive(dir).map_err(|e| io_err(dir, &e))?;
+        let _lock =
+            fsio::lock_exclusive(dir).map_err(|e| io_err(&dir.join(format::LOCK_FILE), &e))?;
         fsio::remove_temp_files(dir).map_err(|e| io_err(dir, &e))?;
         fsio::remove_temp_files(&keys_dir).map_err(|e| io_err(&keys_dir, &e))?;
         let mut partial = Inner {
@@ -571,7 +655,8 @@ impl FileVault {
         if self.is_current(&snap)? {
             return Ok(snap);
         }
-        let _lock = fsio::lock_shared(&self.inner.dir).map_err(|e| io_err(&self.inner.dir, &e))?;
+        let _lock = fsio::lock_shared(&self.inner.dir)
+            .map_err(|e| io_err(&self.inner.dir.join(format::LOCK_FILE), &e))?;
         self.reload(&snap)
     }
 
@@ -596,14 +681,20 @@ impl FileVault {
     /// does not already hold (key files are immutable, so those are reused).
     fn load(inner: &Inner, prev: Option<&Snapshot>) -> Result<Snapshot, ProviderError> {
         let path = inner.dir.join(STATE_FILE);
-        let (file, bytes) = fsio::read_file(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => corrupted(&path, "missing"),
-            io::ErrorKind::InvalidData => corrupted(&path, e),
-            _ => io_err(&path, &e),
-        })?;
+        let (file, bytes) =
+            fsio::read_file(&path, fsio::MAX_STATE_LEN).map_err(|e| io_err(&path, &e))?;
         let ident = state_ident(&file.metadata().map_err(|e| io_err(&path, &e))?);
-        let rec = format::read_state(&inner.gcm, &inner.vault_id, &bytes)
-            .map_err(|m| malformed(&path, m))?;
+        let rec = match format::read_state(&inner.gcm, &inner.vault_id, &bytes) {
+            Ok(rec) => rec,
+            Err(Malformed::Unauthentic) if prev.is_none() && Self::meta_is_foreign(inner) => {
+                return Err(corrupted(
+                    &inner.dir.join(META_FILE),
+                    "it belongs to another vault (copied from one?): neither the state nor any \
+                     key file authenticates under its vault id",
+                ));
+            }
+            Err(m) => return Err(malformed(&path, m)),
+        };
         let generation = rec.generation;
         let mut reuse: HashMap<FileId, Material> = HashMap::new();
         if let Some(prev) = prev {
@@ -615,30 +706,49 @@ impl FileVault {
                 }
             }
         }
-        let (state, files) = format::assemble(rec, |name, v| {
-            if let Some(m) = reuse.get(&v.file) {
-                return Ok(m.clone());
-            }
-            let kpath = inner.dir.join(v.file.rel_path());
-            let (_, bytes) = fsio::read_file(&kpath).map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => corrupted(&kpath, "missing, yet the state refers to it"),
-                io::ErrorKind::InvalidData => corrupted(&kpath, e),
-                _ => io_err(&kpath, &e),
-            })?;
-            let (rec, key_type) = format::read_key(&inner.gcm, &inner.vault_id, v.file, &bytes)
-                .map_err(|m| malformed(&kpath, m))?;
-            if rec.name != name || rec.version != v.version || key_type != v.key_type {
-                return Err(corrupted(
-                    &kpath,
-                    format!(
-                        "it holds {} version {} ({key_type}), the state expects {name} version {} \
+        let (state, files) = format::assemble(
+            rec,
+            |name, v| {
+                if let Some(m) = reuse.get(&v.file) {
+                    return Ok(m.clone());
+                }
+                let kpath = inner.dir.join(v.file.rel_path());
+                let (_, bytes) = fsio::read_file(&kpath, fsio::MAX_KEY_FILE_LEN).map_err(|e| {
+                    match e.kind() {
+                        io::ErrorKind::NotFound => {
+                            corrupted(&kpath, "missing, yet the state refers to it")
+                        }
+                        _ => io_err(&kpath, &e),
+                    }
+                })?;
+                let (rec, key_type) = format::read_key(&inner.gcm, &inner.vault_id, v.file, &bytes)
+                    .map_err(|m| malformed(&kpath, m))?;
+                // Names are case-insensitive (files of earlier versions may keep capitals).
+                if !rec.name.eq_ignore_ascii_case(name)
+                    || rec.version != v.version
+                    || key_type != v.key_type
+                {
+                    return Err(corrupted(
+                        &kpath,
+                        format!(
+                            "it holds {} version {} ({key_type}), the state expects {name} version {} \
                          ({})",
-                        rec.name, rec.version, v.version, v.key_type
+                            rec.name, rec.version, v.version, v.key_type
+                        ),
+                    ));
+                }
+                Ok(rec.material)
+            },
+            |clashing| {
+                corrupted(
+                    &path,
+                    format!(
+                        "it records keys whose names differ only in case ({clashing:?}); key \
+                         names are case-insensitive: rename one with an earlier version of byok"
                     ),
-                ));
-            }
-            Ok(rec.material)
-        })?;
+                )
+            },
+        )?;
         Ok(Snapshot {
             state,
             files,
@@ -648,13 +758,37 @@ impl FileVault {
         })
     }
 
+    /// Whether `vault.meta` rather than the state is the odd one out, once the state failed
+    /// to authenticate: there are key files, and not one authenticates under the vault id of
+    /// `vault.meta` either (a damaged state leaves the key files authentic).
+    fn meta_is_foreign(inner: &Inner) -> bool {
+        let Ok(entries) = fs::read_dir(inner.dir.join(KEYS_DIR)) else {
+            return false;
+        };
+        let mut tried = 0;
+        for entry in entries.flatten().take(64) {
+            let Some(id) = FileId::from_file_name(&entry.file_name().to_string_lossy()) else {
+                continue;
+            };
+            let Ok((_, bytes)) = fsio::read_file(&entry.path(), fsio::MAX_KEY_FILE_LEN) else {
+                continue;
+            };
+            tried += 1;
+            if format::read_key(&inner.gcm, &inner.vault_id, id, &bytes).is_ok() {
+                return false;
+            }
+        }
+        tried > 0
+    }
+
     /// Applies `change` to the newest state under the exclusive lock and persists it: new key
     /// versions first, then the state file, each atomically and durably. Returns only once
     /// the change is on disk.
     fn commit(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
         let dir = &self.inner.dir;
         let keys_dir = dir.join(KEYS_DIR);
-        let _lock = fsio::lock_exclusive(dir).map_err(|e| io_err(dir, &e))?;
+        let _lock =
+            fsio::lock_exclusive(dir).map_err(|e| io_err(&dir.join(format::LOCK_FILE), &e))?;
         let base = {
             let snap = self.snap();
             if self.is_current(&snap)? {
@@ -663,6 +797,9 @@ impl FileVault {
                 self.reload(&snap)?
             }
         };
+        if let Change::SetAccess { identity, .. } = &change {
+            check_stored_len("an identity name", identity.as_str())?;
+        }
         let mut state = base.state.clone();
         let out = state.apply(change)?;
         let mut files = base.files.clone();
