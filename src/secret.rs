@@ -187,4 +187,14 @@ mod tests {
             AesKey::generate().expose_secret()
         );
     }
+
+    #[test]
+    fn secret_bytes_compare_by_content() {
+        let a = SecretBytes::new(vec![1, 2, 3]);
+        assert_eq!(a, SecretBytes::new(vec![1, 2, 3]));
+        assert_ne!(a, SecretBytes::new(vec![1, 2, 4]));
+        assert_ne!(a, SecretBytes::new(vec![1, 2]));
+        assert_ne!(a, SecretBytes::new(Vec::new()));
+        assert_eq!(SecretBytes::new(Vec::new()), SecretBytes::new(Vec::new()));
+    }
 }
