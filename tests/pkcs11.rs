@@ -1164,6 +1164,9 @@ async fn a_login_by_another_component_is_not_taken_on_trust() {
         Pkcs11Config::new(&f.module, FOREIGN_TOKEN, SecretString::new(pin))
             .with_oaep_hash(OaepHash::Sha1)
     };
+    // The library is initialised through the provider first: SoftHSM's C_Initialize is not
+    // safe against a concurrent one from another context (a half-loaded slot list).
+    let _loaded = provider().await;
     // Another component of the process logs in first: C_Login would answer "already logged
     // in" whatever PIN the provider brings.
     let other = raw_session_on(FOREIGN_TOKEN);
