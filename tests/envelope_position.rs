@@ -461,3 +461,60 @@ async fn ranged_reads_through_the_account_manager_stream_only_the_range() {
         Err(Error::InvalidInput(_))
     ));
 }
+
+/// Counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for Counting<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(to)
+    }
+}
+
+#[test]
+fn inspection_and_seeking_read_only_what_they_need() {
+    let k = key("ak", 1, 1);
+    let env = Envelope::new(&k).with_chunk_size(CHUNK).unwrap();
+    let l = layout(&env, 20 * CHUNK);
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut cur = Cursor::new(&l.file);
+    cur.set_position(l.b_at as u64);
+    let info = byok::inspect_reader(Counting {
+        inner: &mut cur,
+        read: read.clone(),
+    })
+    .unwrap();
+    assert_eq!(read.get(), info.header_len as u64);
+    assert_eq!(cur.position(), (l.b_at + info.header_len) as u64);
+
+    // A seek to chunk 17 reads the header and that chunk only.
+    read.set(0);
+    let mut cur = Cursor::new(&l.file);
+    cur.set_position(l.b_at as u64);
+    let view = Bounded::new(cur, l.b_len as u64).unwrap();
+    let mut r = env
+        .open_reader(
+            b"ctx",
+            Counting {
+                inner: view,
+                read: read.clone(),
+            },
+        )
+        .unwrap();
+    r.seek(SeekFrom::Start(17 * CHUNK as u64 + 3)).unwrap();
+    let mut b = [0u8; 10];
+    r.read_exact(&mut b).unwrap();
+    assert_eq!(b, l.b_pt[17 * CHUNK + 3..17 * CHUNK + 13]);
+    assert_eq!(read.get(), (info.header_len + CHUNK + 16) as u64);
+}
