@@ -222,3 +222,40 @@ async fn account_manager_streams_async_without_blocking() {
         Err(Error::Decryption)
     ));
 }
+
+/// An `AsyncWrite` that is never ready.
+struct Stalled;
+
+impl AsyncWrite for Stalled {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Pending
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+#[test]
+fn the_sealer_is_pending_while_its_inner_writer_is() {
+    let k = key("ak", 1);
+    let env = Envelope::new(&k).with_chunk_size(64).unwrap();
+    let mut w = env.seal_async_writer(b"ctx", Stalled).unwrap();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    // The header cannot go out: nothing is accepted, however much is offered.
+    for _ in 0..3 {
+        assert!(
+            Pin::new(&mut w)
+                .poll_write(&mut cx, &[0u8; 1000])
+                .is_pending()
+        );
+    }
+    assert!(Pin::new(&mut w).poll_flush(&mut cx).is_pending());
+    assert!(Pin::new(&mut w).poll_shutdown(&mut cx).is_pending());
+}
