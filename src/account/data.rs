@@ -233,8 +233,8 @@ impl AccountManager {
         self.object_keys(id, Want::Write(class)).await
     }
 
-    /// The keys to read the object whose header is `header` (at least the header's bytes; see
-    /// [`crate::inspect_reader`] for streams). Checks the state gate for
+    /// The keys to read the object whose header is `header` (from [`crate::inspect`], or
+    /// [`OpenHeader::info`] for streams: the two-phase open). Checks the state gate for
     /// [`Operation::DataRead`]; like [`keys_for_writing`](Self::keys_for_writing) they stop
     /// working on revocation.
     ///
