@@ -91,6 +91,21 @@ pub enum Error {
     /// untrusted bytes only ever fails with [`Error::Decryption`]).
     #[error("envelope format: {0}")]
     Format(#[from] crate::envelope::FormatError),
+
+    /// Reading or writing the caller's stream failed (the source or sink of a streaming
+    /// seal or open). The [`std::io::Error`] is kept as the source, so its
+    /// [`kind`](std::io::Error::kind) says what happened. HTTP 500: the crate cannot tell a
+    /// client that went away from a storage fault; a service that knows its transport maps
+    /// the kind further (e.g. 503 for a timed-out backend).
+    #[error("I/O: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+impl From<std::io::Error> for Error {
+    /// As [`Error::from_io`].
+    fn from(e: std::io::Error) -> Self {
+        Self::from_io(e)
+    }
 }
 
 /// A broken policy rule.
@@ -169,6 +184,23 @@ impl Error {
             Error::KeyInaccessible { .. } => 403,
             Error::Unavailable { .. } | Error::Store { .. } => 503,
             Error::Format(_) => 400,
+            Error::Io(_) => 500,
+        }
+    }
+
+    /// The crate's error behind an [`std::io::Error`] of a streaming API: the byok [`Error`]
+    /// a [`SealWriter`](crate::SealWriter) or [`OpenReader`](crate::OpenReader) reported
+    /// through `io::Error` (e.g. [`Error::Decryption`], [`Error::KeyInaccessible`]), else
+    /// [`Error::Io`] with the I/O error itself.
+    pub fn from_io(e: std::io::Error) -> Self {
+        if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            return Error::Io(e);
+        }
+        let kind = e.kind();
+        match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(inner)) => *inner,
+            Some(Err(other)) => Error::Io(std::io::Error::new(kind, other)),
+            None => Error::Io(kind.into()),
         }
     }
 

@@ -37,9 +37,12 @@ pub use crate::crypto::{OaepHash, RsaPublic};
 #[cfg(fuzzing)]
 pub use crate::envelope::fuzzing;
 pub use crate::envelope::{
-    AccountKey, Envelope, FormatError, HeaderInfo, LayerKeyInfo, MAX_FIELD_LEN, MAX_HEADER_LEN,
-    OpenReader, PreparedKey, SealWriter, field_key_version, inspect, inspect_reader,
+    AccountKey, Bounded, Envelope, FormatError, HeaderInfo, LayerKeyInfo, MAX_FIELD_LEN,
+    MAX_HEADER_LEN, OpenHeader, OpenReader, PreparedKey, SealWriter, field_key_version, inspect,
+    inspect_reader,
 };
+#[cfg(feature = "tokio")]
+pub use crate::envelope::{AsyncOpenReader, AsyncSealWriter};
 pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
 pub use crate::key_id::KeyId;
 pub use crate::provider::fault::{FaultInjector, ProviderOp};

@@ -272,11 +272,12 @@ fn configuration_errors() {
         Err(Error::InvalidInput(_))
     ));
     // Maximal identifiers still give a header within the limit.
-    let long = |b| {
-        let ak = AccountKey::new("k".repeat(255), u32::MAX, AesKey::from_bytes([b; 32])).unwrap();
+    // (Two layers need two keys: another id of the same length.)
+    let long = |name: &str, b| {
+        let ak = AccountKey::new(name.repeat(255), u32::MAX, AesKey::from_bytes([b; 32])).unwrap();
         PreparedKey::new(&"a".repeat(255), &ak).unwrap()
     };
-    let (l1, l2) = (long(1), long(2));
+    let (l1, l2) = (long("k", 1), long("j", 2));
     let env = Envelope::new(&l1).with_layer2(&l2).unwrap();
     let obj = env.seal(b"", b"max").unwrap();
     assert!(byok::inspect(&obj).unwrap().header_len <= byok::MAX_HEADER_LEN);

@@ -1,6 +1,6 @@
 //! Data operations of an account: objects (through the envelope) and sealed fields.
 
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -9,7 +9,8 @@ use super::policy::{DataClass, Operation};
 use super::record::{AccountId, AccountRecord, AccountState, WrappedAccountKey};
 use super::{AccountManager, Slot};
 use crate::envelope::{
-    Envelope, HeaderInfo, OpenReader, ParsedHeader, PreparedKey, SealWriter, parse_header,
+    Envelope, HeaderInfo, OpenHeader, OpenReader, ParsedHeader, PreparedKey, SealWriter,
+    parse_header,
 };
 use crate::error::Error;
 
@@ -232,8 +233,8 @@ impl AccountManager {
         self.object_keys(id, Want::Write(class)).await
     }
 
-    /// The keys to read the object whose header is `header` (at least the header's bytes; see
-    /// [`crate::inspect_reader`] for streams). Checks the state gate for
+    /// The keys to read the object whose header is `header` (from [`crate::inspect`], or
+    /// [`OpenHeader::info`] for streams: the two-phase open). Checks the state gate for
     /// [`Operation::DataRead`]; like [`keys_for_writing`](Self::keys_for_writing) they stop
     /// working on revocation.
     ///
@@ -303,7 +304,8 @@ impl AccountManager {
     /// two chunks). Call `finish` on it.
     ///
     /// # Errors
-    /// As [`encrypt`](Self::encrypt); I/O errors of `sink`.
+    /// As [`encrypt`](Self::encrypt); [`Error::Io`] for an error of `sink` writing the
+    /// header.
     pub async fn encrypt_writer<W: Write>(
         &self,
         id: &AccountId,
@@ -314,28 +316,101 @@ impl AccountManager {
         let keys = self.keys_for_writing(id, class).await?;
         keys.envelope()?
             .seal_writer(context, sink)
-            .map_err(|e| Error::InvalidInput(format!("starting the object: {e}")))
+            .map_err(Error::from_io)
     }
 
-    /// A streaming reader of the object in `source`; it never hands out bytes of a chunk
-    /// before that chunk authenticates.
+    /// A streaming reader of the object that starts at the current position of `source`
+    /// (any [`Read`]: a request body, a pipe; no `Seek`). The header is read once
+    /// ([`OpenHeader`]), the keys it names are looked up, and the body is opened from the
+    /// same reader; it never hands out bytes of a chunk before that chunk authenticates.
+    /// The object extends to the end of `source`: bound it with `source.take(object_len)`
+    /// if more follows.
     ///
     /// # Errors
-    /// As [`decrypt`](Self::decrypt).
-    pub async fn decrypt_reader<R: Read + Seek>(
+    /// [`Error::Io`] for an error of `source` while reading the header; otherwise as
+    /// [`decrypt`](Self::decrypt).
+    pub async fn decrypt_reader<R: Read>(
         &self,
         id: &AccountId,
         context: &[u8],
-        mut source: R,
+        source: R,
     ) -> Result<OpenReader<R>, Error> {
-        let header = crate::envelope::inspect_reader(&mut source).map_err(|_| Error::Decryption)?;
-        source
-            .seek(std::io::SeekFrom::Start(0))
-            .map_err(|e| Error::InvalidInput(format!("rewinding the object: {e}")))?;
-        let keys = self.keys_for_reading(id, &header).await?;
-        keys.envelope()?
-            .open_reader(context, source)
-            .map_err(|_| Error::Decryption)
+        let header = OpenHeader::read(source).map_err(crate::envelope::opaque_header_error)?;
+        let keys = self.keys_for_reading(id, header.info()).await?;
+        header.open(&keys.envelope()?, context)
+    }
+
+    /// A streaming reader of plaintext bytes `range` of the object that starts at the current
+    /// position of `source` and extends to its end (use [`Bounded`](crate::Bounded) if more
+    /// follows): the header is read once, the reader seeks to the chunk that holds
+    /// `range.start` and reads on chunk by chunk, only the covering chunks read and
+    /// authenticated, never the whole range in memory. Damage outside those chunks is not
+    /// detected by a ranged read.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the range is reversed or ends past the plaintext;
+    /// [`Error::Io`] for an error of `source`; otherwise as [`decrypt`](Self::decrypt).
+    /// Reading the result fails as [`OpenReader`] does.
+    pub async fn decrypt_range<R: Read + Seek>(
+        &self,
+        id: &AccountId,
+        context: &[u8],
+        source: R,
+        range: std::ops::Range<u64>,
+    ) -> Result<std::io::Take<OpenReader<R>>, Error> {
+        let mut r = self.decrypt_reader(id, context, source).await?;
+        let len = r.plaintext_len().map_err(Error::from_io)?;
+        if range.start > range.end || range.end > len {
+            return Err(Error::InvalidInput(format!(
+                "range {}..{} outside the object's {len} bytes",
+                range.start, range.end
+            )));
+        }
+        if !range.is_empty() {
+            r.seek(SeekFrom::Start(range.start))
+                .map_err(Error::from_io)?;
+        }
+        Ok(r.take(range.end - range.start))
+    }
+
+    /// [`encrypt_writer`](Self::encrypt_writer) for async services (feature `tokio`): an
+    /// [`AsyncWrite`](tokio::io::AsyncWrite) sealer into `sink`, no blocking, memory bounded
+    /// by one chunk, backpressure passed through. Shut it down at the end
+    /// (`AsyncWriteExt::shutdown`): that writes the final chunk.
+    ///
+    /// # Errors
+    /// As [`encrypt`](Self::encrypt). Errors of `sink` come from the writes.
+    #[cfg(feature = "tokio")]
+    pub async fn encrypt_async_writer<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        id: &AccountId,
+        class: &DataClass,
+        context: &[u8],
+        sink: W,
+    ) -> Result<crate::AsyncSealWriter<W>, Error> {
+        let keys = self.keys_for_writing(id, class).await?;
+        keys.envelope()?.seal_async_writer(context, sink)
+    }
+
+    /// [`decrypt_reader`](Self::decrypt_reader) for async services (feature `tokio`): reads
+    /// the header of the object at the current position of `source` (to its end; bound it
+    /// with `AsyncReadExt::take` if more follows), looks up its keys and returns the
+    /// [`AsyncRead`](tokio::io::AsyncRead) opener of the body.
+    ///
+    /// # Errors
+    /// As [`decrypt_reader`](Self::decrypt_reader).
+    #[cfg(feature = "tokio")]
+    pub async fn decrypt_async_reader<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        id: &AccountId,
+        context: &[u8],
+        source: R,
+    ) -> Result<crate::AsyncOpenReader<R>, Error> {
+        let header = OpenHeader::read_async(source)
+            .await
+            .map_err(crate::envelope::opaque_header_error)?;
+        let keys = self.keys_for_reading(id, header.info()).await?;
+        header.open_async(&keys.envelope()?, context)
     }
 
     /// Seals a small value (access policy, resource metadata, input URL, token-validation

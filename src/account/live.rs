@@ -342,6 +342,8 @@ pub(crate) fn copy_error(e: &Error) -> Error {
             message: message.clone(),
             source: source.clone(),
         },
+        // `io::Error` is not `Clone`: the copy keeps the kind and the message.
+        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), io.to_string())),
     }
 }
 

@@ -87,6 +87,9 @@ pub struct PreparedKey {
     pub(crate) fields: Gcm,
     ahead: [Shard; SHARDS],
     liveness: Liveness,
+    /// `SHA-256("byok key fingerprint v1" || AK)`: tells two handles on the same key material
+    /// apart from independent keys (never leaves the process).
+    fingerprint: [u8; 32],
 }
 
 /// Why a key handle stopped working.
@@ -243,6 +246,10 @@ impl PreparedKey {
             field_key,
             ahead: std::array::from_fn(|_| Shard::new()),
             liveness,
+            fingerprint: crate::crypto::sha256_parts(&[
+                b"byok key fingerprint v1",
+                key.key.expose_secret(),
+            ]),
         })
     }
 
@@ -253,6 +260,15 @@ impl PreparedKey {
     #[inline]
     pub(crate) fn check_live(&self) -> Result<(), Error> {
         self.liveness.check()
+    }
+
+    /// Whether `other` is this very key: the same handle, the same key id and version, or
+    /// the same key material under another name (compared by fingerprint, in constant time).
+    pub(crate) fn same_key(&self, other: &PreparedKey) -> bool {
+        use subtle::ConstantTimeEq;
+        core::ptr::eq(self, other)
+            || (self.key_id == other.key_id && self.key_version == other.key_version)
+            || bool::from(self.fingerprint.ct_eq(&other.fingerprint))
     }
 
     pub(crate) fn liveness(&self) -> &Liveness {

@@ -8,6 +8,8 @@
 //! data; with a second layer each chunk's layer-1 ciphertext and tag are sealed again under
 //! the layer-2 data key. `docs/FORMAT.md` specifies the format byte by byte.
 
+#[cfg(feature = "tokio")]
+mod async_io;
 mod fields;
 mod format;
 #[cfg(fuzzing)]
@@ -21,6 +23,8 @@ mod tests;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 
+#[cfg(feature = "tokio")]
+pub use async_io::{AsyncOpenReader, AsyncSealWriter};
 pub use fields::{MAX_FIELD_LEN, field_key_version};
 pub use format::{FormatError, HeaderInfo, LayerKeyInfo, MAX_HEADER_LEN};
 pub(crate) use format::{Header as ParsedHeader, parse as parse_header};
@@ -106,11 +110,19 @@ impl<'k> Envelope<'k> {
     /// the second layer (the header, which is authenticated, says which).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] if `key` belongs to another account than the layer-1 key.
+    /// [`Error::InvalidInput`] if `key` belongs to another account than the layer-1 key, or
+    /// is the layer-1 key itself (the same handle, the same key id and version, or the same
+    /// key material under another name): double encryption needs two independent keys.
     pub fn with_layer2(self, key: &'k PreparedKey) -> Result<Self, Error> {
         if key.account_id() != self.layer1.account_id() {
             return Err(Error::InvalidInput(
                 "the layer-2 key belongs to another account".into(),
+            ));
+        }
+        if key.same_key(self.layer1) {
+            return Err(Error::InvalidInput(
+                "the layer-2 key is the layer-1 key: double encryption needs two independent keys"
+                    .into(),
             ));
         }
         Ok(Self {
@@ -294,35 +306,46 @@ impl<'k> Envelope<'k> {
     /// # Errors
     /// Any error of `inner` while writing the header.
     pub fn seal_writer<W: Write>(&self, context: &[u8], inner: W) -> io::Result<SealWriter<W>> {
-        self.check_live().map_err(io_err)?;
-        let mut header = Vec::with_capacity(self.header_len());
-        let ciphers = LayerCiphers::new(&self.begin(context, &mut header), self.liveness());
+        let (header, ciphers) = self.start_stream(context).map_err(io_err)?;
         SealWriter::start(inner, header, ciphers, self.chunk_size())
     }
 
-    /// A streaming opener reading one object bound to `context` from `inner`. The header is
-    /// read and checked (keys, commitment) at once.
+    /// A new object's header and its ciphers, for the streaming sealers.
+    fn start_stream(&self, context: &[u8]) -> Result<(Vec<u8>, LayerCiphers), Error> {
+        self.check_live()?;
+        let mut header = Vec::with_capacity(self.header_len());
+        let ciphers = LayerCiphers::new(&self.begin(context, &mut header), self.liveness());
+        Ok((header, ciphers))
+    }
+
+    /// A streaming opener reading one object bound to `context` from `inner`, from its
+    /// current position. The header is read and checked (keys, commitment) at once. The
+    /// object extends to the end of `inner` (the format stores no length: a short final
+    /// chunk is only recognised by the input ending); to read one object out of a longer
+    /// stream, bound it: `inner.take(object_len)`. [`OpenHeader`] is the same in two phases
+    /// (read the header, find the keys, then open).
     ///
     /// # Errors
     /// Any error of `inner`; an `InvalidData` error carrying [`Error::Decryption`] if the
     /// header is malformed or does not match the keys and context.
-    pub fn open_reader<R: Read>(&self, context: &[u8], mut inner: R) -> io::Result<OpenReader<R>> {
-        let header = read_header(&mut inner)?;
-        let parsed = format::parse(&header).map_err(|_| io_err(Error::Decryption))?;
-        let chunk_size = 1usize << parsed.chunk_exp;
-        let ciphers = LayerCiphers::new(
-            &self.recover(&parsed, context).map_err(io_err)?,
-            self.liveness(),
-        );
-        Ok(OpenReader::start(inner, header, ciphers, chunk_size))
+    pub fn open_reader<R: Read>(&self, context: &[u8], inner: R) -> io::Result<OpenReader<R>> {
+        OpenHeader::read(inner)
+            .map_err(opaque_header_error)
+            .and_then(|h| h.open(self, context))
+            .map_err(io_err)
     }
 
     /// Opens plaintext bytes `range` of the object that starts at the current position of
-    /// `src`, reading and authenticating only the header and the chunks that cover the range
-    /// (and seeking to the end once, to learn the object's length).
+    /// `src` and extends to its end, reading and authenticating only the header and the
+    /// chunks that cover the range (and seeking to the end once, to learn the object's
+    /// length). Nothing before the starting position is read. For an object followed by
+    /// other data (objects back to back in one file), give its extent with [`Bounded`]: the
+    /// format stores no length, so the input's end is the object's end.
     ///
     /// Only those chunks are authenticated: damage elsewhere in the object is not detected
-    /// by a ranged read.
+    /// by a ranged read. If `src` holds more than the object, the chunk positions and last
+    /// flags come out wrong and the read fails ([`Error::Decryption`]); it never returns
+    /// unauthenticated bytes.
     ///
     /// # Errors
     /// Any error of `src`; an `InvalidData` error carrying [`Error::Decryption`] if the header
@@ -400,26 +423,212 @@ pub fn inspect(bytes: &[u8]) -> Result<HeaderInfo, Error> {
 /// # Errors
 /// Any error of `r`; an `InvalidData` error carrying [`Error::Format`] if the bytes are not a
 /// header this version reads (a premature end is [`FormatError::Truncated`]).
-pub fn inspect_reader<R: Read>(mut r: R) -> io::Result<HeaderInfo> {
-    let fmt_err = |e: FormatError| io_err(Error::Format(e));
-    let mut fixed = [0u8; format::FIXED_LEN];
+pub fn inspect_reader<R: Read>(r: R) -> io::Result<HeaderInfo> {
+    OpenHeader::read(r).map(|h| h.info).map_err(io_err)
+}
+
+/// Reads into `buf` until it is full or the input ends; the number of bytes read.
+fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, Error> {
     let mut got = 0;
-    while got < fixed.len() {
-        match r.read(&mut fixed[got..]) {
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(Error::Io(e)),
         }
     }
-    let info = format::parse_fixed(&fixed[..got]).map_err(fmt_err)?;
-    let mut header = Vec::with_capacity(info.header_len);
-    header.extend_from_slice(&fixed);
-    header.resize(info.header_len, 0);
-    read_exact_or(
-        &mut r,
-        &mut header[format::FIXED_LEN..],
-        Error::Format(FormatError::Truncated),
-    )?;
-    Ok(HeaderInfo::from(&format::parse(&header).map_err(fmt_err)?))
+    Ok(got)
+}
+
+/// The first phase of a two-phase open: an object's header, read (once, and nothing after
+/// it) from any [`Read`] — no `Seek` needed — with the reader positioned at the first chunk.
+///
+/// [`info`](Self::info) says which account and keys the object needs (no key involved);
+/// [`open`](Self::open) then opens the body from the same reader with an [`Envelope`] over
+/// those keys. With the account layer:
+///
+/// ```
+/// # async fn demo<R: std::io::Read>(m: &byok::AccountManager, id: &byok::AccountId, body: R)
+/// # -> Result<(), byok::Error> {
+/// use std::io::Read;
+/// let header = byok::OpenHeader::read(body)?;
+/// let keys = m.keys_for_reading(id, header.info()).await?;
+/// let mut plaintext = header.open(&keys.envelope()?, b"object name")?;
+/// let mut out = Vec::new();
+/// plaintext.read_to_end(&mut out).map_err(byok::Error::from_io)?;
+/// # Ok(()) }
+/// ```
+///
+/// ([`AccountManager::decrypt_reader`](crate::AccountManager::decrypt_reader) does exactly
+/// this.)
+pub struct OpenHeader<R> {
+    inner: R,
+    header: Vec<u8>,
+    info: HeaderInfo,
+}
+
+impl<R: Read> OpenHeader<R> {
+    /// Reads and parses the header at the current position of `inner` (exactly the header's
+    /// bytes are consumed).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for an error of `inner`; [`Error::Format`] with the [`FormatError`] that
+    /// says why the bytes are not a header this version reads (a premature end is
+    /// [`FormatError::Truncated`]).
+    pub fn read(mut inner: R) -> Result<Self, Error> {
+        let mut fixed = [0u8; format::FIXED_LEN];
+        let got = read_up_to(&mut inner, &mut fixed)?;
+        let fixed_info = format::parse_fixed(&fixed[..got])?;
+        let mut header = Vec::with_capacity(fixed_info.header_len);
+        header.extend_from_slice(&fixed);
+        header.resize(fixed_info.header_len, 0);
+        let rest = read_up_to(&mut inner, &mut header[format::FIXED_LEN..])?;
+        Self::parsed(inner, header, format::FIXED_LEN + rest)
+    }
+
+    /// The second phase: checks the header against `envelope`'s keys and `context` (key ids
+    /// and versions, data-key unwrap, key commitment) and returns the streaming opener of the
+    /// body, which reads from the same reader to its end (bound it with [`Read::take`] if
+    /// more follows the object).
+    ///
+    /// # Errors
+    /// [`Error::Decryption`] if the header does not match the keys and context;
+    /// [`Error::KeyInaccessible`] / [`Error::AccountNotFound`] if the account layer revoked
+    /// a key.
+    pub fn open(self, envelope: &Envelope<'_>, context: &[u8]) -> Result<OpenReader<R>, Error> {
+        let (inner, header, ciphers, chunk_size) = self.keyed(envelope, context)?;
+        Ok(OpenReader::start(inner, header, ciphers, chunk_size))
+    }
+}
+
+impl<R> OpenHeader<R> {
+    /// Which account, account key and layer-2 key the object needs (unauthenticated until
+    /// [`open`](Self::open) succeeds).
+    pub fn info(&self) -> &HeaderInfo {
+        &self.info
+    }
+
+    /// The header's exact bytes.
+    pub fn header_bytes(&self) -> &[u8] {
+        &self.header
+    }
+
+    /// The reader, positioned at the object's first chunk.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    /// Checks a header of which `got` bytes were read.
+    fn parsed(inner: R, header: Vec<u8>, got: usize) -> Result<Self, Error> {
+        if got < header.len() {
+            return Err(Error::Format(FormatError::Truncated));
+        }
+        let info = HeaderInfo::from(&format::parse(&header)?);
+        Ok(Self {
+            inner,
+            header,
+            info,
+        })
+    }
+
+    /// The reader, the header bytes, the body's ciphers and the chunk size, after the keys
+    /// and commitments checked.
+    fn keyed(
+        self,
+        envelope: &Envelope<'_>,
+        context: &[u8],
+    ) -> Result<(R, Vec<u8>, LayerCiphers, usize), Error> {
+        let parsed = format::parse(&self.header).map_err(|_| Error::Decryption)?;
+        let chunk_size = 1usize << parsed.chunk_exp;
+        let ciphers = LayerCiphers::new(&envelope.recover(&parsed, context)?, envelope.liveness());
+        Ok((self.inner, self.header, ciphers, chunk_size))
+    }
+}
+
+/// A header that failed to read, as the opening APIs report it: I/O errors as they are,
+/// anything else the opaque [`Error::Decryption`].
+pub(crate) fn opaque_header_error(e: Error) -> Error {
+    match e {
+        Error::Io(e) => Error::Io(e),
+        _ => Error::Decryption,
+    }
+}
+
+impl<R> core::fmt::Debug for OpenHeader<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("OpenHeader")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `Read + Seek` view of `len` bytes of `inner`, starting at its current position: hands
+/// one object out of a larger file (objects back to back, a container with an index) to the
+/// reading APIs, which take an object to extend to the end of their input (the format stores
+/// no length). [`Read::take`] does the same for the streaming readers; this one also seeks
+/// (for [`Envelope::open_range`]). Positions are relative to the view: `SeekFrom::Start(0)`
+/// is the object's first byte, `SeekFrom::End(0)` just after its last.
+#[derive(Debug)]
+pub struct Bounded<R> {
+    inner: R,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl<R: Seek> Bounded<R> {
+    /// The `len` bytes of `inner` from its current position.
+    ///
+    /// # Errors
+    /// Any error of `inner` telling its position.
+    pub fn new(mut inner: R, len: u64) -> io::Result<Self> {
+        let start = inner.stream_position()?;
+        Ok(Self {
+            inner,
+            start,
+            len,
+            pos: 0,
+        })
+    }
+
+    /// Returns the inner reader (positioned wherever the view last read or sought).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.inner.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl<R: Seek> Seek for Bounded<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        let target = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the view",
+            )
+        })?;
+        let abs = self.start.checked_add(target).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek position overflows")
+        })?;
+        self.inner.seek(SeekFrom::Start(abs))?;
+        self.pos = target;
+        Ok(target)
+    }
 }

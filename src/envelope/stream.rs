@@ -7,7 +7,7 @@
 //! and extension detectable, and the counter makes reordering, dropping and duplication
 //! detectable.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use subtle::ConstantTimeEq;
 
@@ -277,10 +277,11 @@ fn pop_tag(buf: &mut Vec<u8>, start: usize) -> Result<[u8; GCM_TAG_LEN], Error> 
     Ok(tag)
 }
 
-/// An [`io::Error`] carrying a crate [`Error`] (recover it with `get_ref` and
-/// `downcast_ref::<byok::Error>()`).
+/// An [`io::Error`] carrying a crate [`Error`] (recovered by [`Error::from_io`]); an
+/// [`Error::Io`] gives back its own I/O error.
 pub(crate) fn io_err(e: Error) -> io::Error {
     let kind = match e {
+        Error::Io(io) => return io,
         Error::InvalidInput(_) => io::ErrorKind::InvalidInput,
         _ => io::ErrorKind::InvalidData,
     };
@@ -311,12 +312,45 @@ pub(crate) fn read_exact_or<R: Read>(r: &mut R, buf: &mut [u8], eof: Error) -> i
     })
 }
 
+/// Reads from `r` into `buf` until it holds `full` bytes or the input ends. The buffer grows
+/// with the data actually read (doubling from 8 KiB, each byte zeroed once) and never beyond
+/// `full` bytes: a header claiming 16 MiB chunks costs memory only once that much ciphertext
+/// arrived.
+pub(crate) fn fill<R: Read>(r: &mut R, buf: &mut Vec<u8>, full: usize) -> io::Result<()> {
+    let mut filled = buf.len();
+    let result = loop {
+        if filled >= full {
+            break Ok(());
+        }
+        if filled == buf.len() {
+            grow(buf, full);
+        }
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break Ok(()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    buf.truncate(filled);
+    result
+}
+
+/// Doubles the initialised length of a chunk buffer (from 8 KiB), never beyond `full`.
+pub(crate) fn grow(buf: &mut Vec<u8>, full: usize) {
+    const START: usize = 8 * 1024;
+    let target = buf.len().max(START / 2).saturating_mul(2).min(full);
+    buf.reserve_exact(target - buf.len());
+    buf.resize(target, 0);
+}
+
 /// Streaming sealer: everything written is encrypted chunk by chunk into the inner writer.
 ///
 /// Memory use is one chunk (64 KiB by default) whatever the object's size. Call
 /// [`finish`](Self::finish) at the end: it writes the final chunk. An object whose sealer was
 /// dropped without `finish` lacks its final chunk and never opens (truncation is detected).
 /// [`Write::flush`] flushes the inner writer but cannot emit a partial chunk.
+#[must_use = "an object whose sealer is dropped without `finish` lacks its final chunk and never opens"]
 pub struct SealWriter<W: Write> {
     inner: W,
     /// The header, followed by the chunk being filled.
@@ -378,8 +412,8 @@ impl<W: Write> SealWriter<W> {
     /// # Errors
     /// Any error of the inner writer; [`Error::InvalidInput`] (inside the `io::Error`) if the
     /// object exceeded 2^32 chunks; [`Error::KeyInaccessible`] / [`Error::AccountNotFound`]
-    /// (inside an `io::Error`: `e.get_ref().and_then(|i| i.downcast_ref::<byok::Error>())`)
-    /// once the account layer revoked the key — every chunk checks.
+    /// (inside an `io::Error`; [`Error::from_io`] recovers it) once the account layer revoked
+    /// the key — every chunk checks.
     pub fn finish(mut self) -> io::Result<W> {
         self.emit(true)?;
         self.inner.flush()?;
@@ -427,11 +461,14 @@ enum ReadState {
 
 /// Streaming opener: reads an object from the inner reader and yields its plaintext.
 ///
-/// Memory use is about one chunk whatever the object's size. A chunk's plaintext is handed
-/// out only after that chunk authenticated; the end of the object is only reported
-/// (`Ok(0)`) after the final chunk authenticated, so a truncated object ends in an error,
-/// never in a silent short read. Authentication failures are `io::ErrorKind::InvalidData`
-/// errors carrying [`Error::Decryption`]; after one, every read fails.
+/// Memory use is at most one chunk plus its tags whatever the object's size (the buffer grows
+/// with the ciphertext actually read, not with the chunk size the header claims). A chunk's
+/// plaintext is handed out only after that chunk authenticated; the end of the object is only
+/// reported (`Ok(0)`) after the final chunk authenticated, so a truncated object ends in an
+/// error, never in a silent short read. The object extends to the end of the inner reader
+/// (bound it with [`Read::take`] if more follows; `docs/FORMAT.md` §2.5). Authentication
+/// failures are `io::ErrorKind::InvalidData` errors carrying [`Error::Decryption`]
+/// ([`Error::from_io`] recovers it); after one, every read fails.
 pub struct OpenReader<R: Read> {
     inner: R,
     header: Vec<u8>,
@@ -442,6 +479,20 @@ pub struct OpenReader<R: Read> {
     index: u64,
     carry: Option<u8>,
     state: ReadState,
+    /// Bytes of the body read from the inner reader so far (to find the body's start).
+    consumed: u64,
+    /// The body's position and layout, learnt at the first seek.
+    layout: Option<BodyLayout>,
+}
+
+/// Where a seekable opener's body lies in its inner reader, and how it splits into chunks.
+#[derive(Clone, Copy, Debug)]
+struct BodyLayout {
+    start: u64,
+    chunks: u64,
+    full: u64,
+    last_len: u64,
+    plaintext_len: u64,
 }
 
 impl<R: Read> OpenReader<R> {
@@ -461,6 +512,8 @@ impl<R: Read> OpenReader<R> {
             index: 0,
             carry: None,
             state: ReadState::Reading,
+            consumed: 0,
+            layout: None,
         }
     }
 
@@ -472,9 +525,10 @@ impl<R: Read> OpenReader<R> {
         if let Some(b) = self.carry.take() {
             self.buf.push(b);
         }
-        // Grows with the data actually present, never beyond one chunk plus its tags.
-        let want = (full - self.buf.len()) as u64;
-        (&mut self.inner).take(want).read_to_end(&mut self.buf)?;
+        let carried = self.buf.len();
+        let filled = fill(&mut self.inner, &mut self.buf, full);
+        self.consumed += (self.buf.len() - carried) as u64;
+        filled?;
         let last = if self.buf.len() < full {
             true
         } else {
@@ -484,6 +538,7 @@ impl<R: Read> OpenReader<R> {
                     Ok(0) => break true,
                     Ok(_) => {
                         self.carry = Some(one[0]);
+                        self.consumed += 1;
                         break false;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -511,6 +566,119 @@ impl<R: Read> OpenReader<R> {
     /// Returns the inner reader.
     pub fn into_inner(self) -> R {
         self.inner
+    }
+
+    /// The capacity of the chunk buffer (for the memory-bound tests).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+impl<R: Read + Seek> OpenReader<R> {
+    /// The object's plaintext length, from the input's length (seeking to its end once, and
+    /// back; nothing is read or authenticated). The object extends to the end of the input.
+    ///
+    /// # Errors
+    /// Any error of the inner reader; an `InvalidData` error carrying [`Error::Decryption`]
+    /// if the length is impossible for the chunk layout.
+    pub fn plaintext_len(&mut self) -> io::Result<u64> {
+        Ok(self.body_layout()?.plaintext_len)
+    }
+
+    fn body_layout(&mut self) -> io::Result<BodyLayout> {
+        if let Some(l) = self.layout {
+            return Ok(l);
+        }
+        let here = self.inner.stream_position()?;
+        let start = here
+            .checked_sub(self.consumed)
+            .ok_or_else(|| io_err(Error::Decryption))?;
+        let end = self.inner.seek(SeekFrom::End(0))?;
+        self.inner.seek(SeekFrom::Start(here))?;
+        let body = end
+            .checked_sub(start)
+            .ok_or_else(|| io_err(Error::Decryption))?;
+        let exp = self.chunk_size.trailing_zeros() as u8;
+        let l = super::Layout::of(body, exp, self.ciphers.view().overhead()).map_err(io_err)?;
+        let layout = BodyLayout {
+            start,
+            chunks: l.chunks,
+            full: l.full,
+            last_len: l.last_len,
+            plaintext_len: l.plaintext_len,
+        };
+        self.layout = Some(layout);
+        Ok(layout)
+    }
+
+    /// Reads, authenticates and decrypts chunk `i` (of `l`) into `buf`.
+    fn load_chunk(&mut self, l: BodyLayout, i: u64) -> io::Result<()> {
+        let last = i == l.chunks - 1;
+        let len = if last { l.last_len } else { l.full };
+        self.inner.seek(SeekFrom::Start(l.start + i * l.full))?;
+        self.buf.clear();
+        self.carry = None;
+        self.pos = 0;
+        fill(&mut self.inner, &mut self.buf, len as usize)?;
+        self.consumed = i * l.full + self.buf.len() as u64;
+        if self.buf.len() as u64 != len {
+            return Err(io_err(Error::Decryption));
+        }
+        self.ciphers.check_live().map_err(io_err)?;
+        let index = u32::try_from(i).map_err(|_| io_err(Error::Decryption))?;
+        self.ciphers
+            .view()
+            .open_chunk(index, last, &self.header, &mut self.buf, 0)
+            .map_err(io_err)?;
+        self.index = i + 1;
+        self.state = if last {
+            ReadState::Done
+        } else {
+            ReadState::Reading
+        };
+        Ok(())
+    }
+}
+
+/// Random access by chunk for seekable sources: a seek reads and authenticates only the chunk
+/// that holds the new position (none if it is already loaded); reading on continues chunk by
+/// chunk. Positions are plaintext offsets; the object extends to the end of the inner reader
+/// (use [`Bounded`](crate::Bounded) if more follows). Seeking past the plaintext's end is an
+/// `InvalidInput` error; after an authentication failure every seek fails too.
+impl<R: Read + Seek> Seek for OpenReader<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        if self.state == ReadState::Failed {
+            return Err(io_err(Error::Decryption));
+        }
+        let l = self.body_layout()?;
+        let c = self.chunk_size as u64;
+        let here = match self.index {
+            0 => 0,
+            n => (n - 1) * c + self.pos as u64,
+        };
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => l.plaintext_len.checked_add_signed(d),
+            SeekFrom::Current(d) => here.checked_add_signed(d),
+        }
+        .filter(|&t| t <= l.plaintext_len)
+        .ok_or_else(|| {
+            io_err(Error::InvalidInput(format!(
+                "seek outside the object's {} bytes of plaintext",
+                l.plaintext_len
+            )))
+        })?;
+        let i = (target / c).min(l.chunks - 1);
+        if self.index != i + 1
+            && let Err(e) = self.load_chunk(l, i)
+        {
+            self.state = ReadState::Failed;
+            self.buf.clear();
+            return Err(e);
+        }
+        self.pos = (target - i * c) as usize;
+        Ok(target)
     }
 }
 

@@ -134,3 +134,28 @@ fn commitment_is_checked() {
     forged.extend_from_slice(&obj[h.raw.len()..]);
     assert!(matches!(env.open(b"", &forged), Err(Error::Decryption)));
 }
+
+#[test]
+fn the_opener_grows_its_buffer_with_the_data_not_the_claimed_chunk_size() {
+    use std::io::Read;
+    let k = PreparedKey::new("t", &AccountKey::new("ak", 1, AesKey::generate()).unwrap()).unwrap();
+    let env = Envelope::new(&k).with_chunk_size(16 << 20).unwrap();
+    let obj = env.seal(b"c", &[7u8; 1000]).unwrap();
+    let mut r = env.open_reader(b"c", obj.as_slice()).unwrap();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).unwrap();
+    assert_eq!(out, [7u8; 1000]);
+    assert!(r.buffer_capacity() <= 16 * 1024, "{}", r.buffer_capacity());
+
+    // A full 16 MiB chunk: never more than one chunk plus its tag.
+    let big = vec![3u8; 16 << 20];
+    let obj = env.seal(b"c", &big).unwrap();
+    let mut r = env.open_reader(b"c", obj.as_slice()).unwrap();
+    let mut first = [0u8; 1];
+    r.read_exact(&mut first).unwrap();
+    assert!(
+        r.buffer_capacity() <= (16 << 20) + 16,
+        "{}",
+        r.buffer_capacity()
+    );
+}
