@@ -164,14 +164,19 @@ impl Shard {
     }
 }
 
-/// This thread's batch index (threads numbered in order of first use, round robin).
+thread_local! {
+    /// The batch this thread last got without waiting (threads start round robin and move on
+    /// when they meet another thread, so concurrent threads settle on different batches).
+    static SHARD: std::cell::Cell<usize> = std::cell::Cell::new({
+        use std::sync::atomic::AtomicUsize;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+    });
+}
+
+/// This thread's preferred batch index.
 fn shard() -> usize {
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    SHARD.with(|s| *s)
+    SHARD.with(std::cell::Cell::get)
 }
 
 /// Fresh data keys, already wrapped, for the next objects sealed under one account key.
@@ -285,25 +290,40 @@ impl PreparedKey {
     /// here, not even in a child forked while another thread held the batch.
     pub(crate) fn data_key(&self) -> (AesKey, [u8; WRAPPED_LEN]) {
         let pid = std::process::id();
-        let batch = &self.ahead[shard()].0;
-        let mut ahead = match batch.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(poisoned)) => {
-                // A panic (the OS RNG failing) interrupted a refill: start a new batch.
-                batch.clear_poison();
-                let mut guard = poisoned.into_inner();
-                guard.left = 0;
-                guard
+        let preferred = shard();
+        let mut found = None;
+        for k in 0..SHARDS {
+            let i = (preferred + k) % SHARDS;
+            let batch = &self.ahead[i].0;
+            match batch.try_lock() {
+                Ok(guard) => {
+                    found = Some((i, guard));
+                    break;
+                }
+                Err(TryLockError::Poisoned(poisoned)) => {
+                    // A panic (the OS RNG failing) interrupted a refill: start a new batch.
+                    batch.clear_poison();
+                    let mut guard = poisoned.into_inner();
+                    guard.left = 0;
+                    found = Some((i, guard));
+                    break;
+                }
+                // Another thread is there: try the next batch.
+                Err(TryLockError::WouldBlock) => {}
             }
-            Err(TryLockError::WouldBlock) => {
-                let mut key = [0u8; 32];
-                fill_random(&mut key);
-                let wrapped = self.kek.wrap_32(&key);
-                let dk = AesKey::from_bytes(key);
-                key.zeroize();
-                return (dk, wrapped);
-            }
+        }
+        let Some((i, mut ahead)) = found else {
+            // Every batch is busy: a key of its own.
+            let mut key = [0u8; 32];
+            fill_random(&mut key);
+            let wrapped = self.kek.wrap_32(&key);
+            let dk = AesKey::from_bytes(key);
+            key.zeroize();
+            return (dk, wrapped);
         };
+        if i != preferred {
+            SHARD.with(|s| s.set(i));
+        }
         if ahead.left == 0 || ahead.pid != pid {
             ahead.refill(&self.kek, pid);
         }
