@@ -396,8 +396,12 @@ mod tests {
         // `new` normalises the same way as parsing.
         let n = KeyId::new("Contoso.Vault.Example.:443", "CMK", None).expect("new");
         assert_eq!(n, canonical);
-        assert!(KeyId::new("v.example:0", "k", None).is_err());
-        assert!(KeyId::new("v.example:99999", "k", None).is_err());
+        for bad in ["v.example:0", "v.example:99999"] {
+            assert!(
+                matches!(KeyId::new(bad, "k", None), Err(Error::InvalidKeyId { .. })),
+                "{bad}"
+            );
+        }
         // Versions are opaque: kept as written.
         let v: KeyId = "https://v.example/keys/k/AbC".parse().expect("v");
         assert_eq!(v.version(), Some("AbC"));

@@ -1180,6 +1180,10 @@ async fn a_login_by_another_component_is_not_taken_on_trust() {
     let trusted = Pkcs11Provider::connect(on_foreign("5678").with_accept_existing_login(true))
         .await
         .expect("the other component is trusted");
-    assert!(trusted.key_properties("absent", None).await.is_err());
+    let e = trusted
+        .key_properties("absent", None)
+        .await
+        .expect_err("no such key");
+    assert_eq!(e.kind(), K::KeyNotFound, "the token answers: {e}");
     drop((trusted, other));
 }

@@ -16,6 +16,27 @@ pub(crate) mod sqlite;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use columns::Columns;
 
+/// Refuses a database whose applied migrations include a version newer than `known` (a newer
+/// crate migrated it; this one would misread its rows).
+///
+/// # Errors
+/// [`crate::Error::Store`] naming both versions.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn refuse_newer_schema<V>(applied: &[V], known: V) -> Result<(), crate::Error>
+where
+    V: PartialOrd + std::fmt::Display + Copy,
+{
+    match applied.iter().find(|v| **v > known) {
+        Some(newer) => Err(crate::Error::Store {
+            message: format!(
+                "the database schema is at version {newer}, newer than this crate's {known}"
+            ),
+            source: None,
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod columns {
     use std::time::SystemTime;

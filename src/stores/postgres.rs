@@ -310,15 +310,7 @@ impl PostgresAccountStore {
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()
             .map_err(pg(what))?;
-        if let Some(newer) = applied.iter().find(|v| **v > Self::SCHEMA_VERSION) {
-            return Err(Error::Store {
-                message: format!(
-                    "the database schema is at version {newer}, newer than this crate's {}",
-                    Self::SCHEMA_VERSION
-                ),
-                source: None,
-            });
-        }
+        super::refuse_newer_schema(&applied, Self::SCHEMA_VERSION)?;
         for (version, sql) in MIGRATIONS {
             if applied.contains(version) {
                 continue;

@@ -204,18 +204,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
             .collect::<Result<_, _>>()
             .map_err(lite(what))?
     };
-    if let Some(newer) = applied
-        .iter()
-        .find(|v| **v > SqliteAccountStore::SCHEMA_VERSION)
-    {
-        return Err(Error::Store {
-            message: format!(
-                "the database schema is at version {newer}, newer than this crate's {}",
-                SqliteAccountStore::SCHEMA_VERSION
-            ),
-            source: None,
-        });
-    }
+    super::refuse_newer_schema(&applied, SqliteAccountStore::SCHEMA_VERSION)?;
     for (version, sql) in MIGRATIONS {
         if applied.contains(version) {
             continue;
