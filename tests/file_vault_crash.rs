@@ -1,34 +1,28 @@
 //! Crash and multi-process tests of the file vault.
 //!
-//! The test binary re-executes itself as the child process: with `BYOK_FV_WORKER` set, the
-//! `zz_child_process_worker` test runs a worker loop instead of returning at once. The child
-//! appends a `B <seq> <op>` line to an operation log (fsynced) before each change and an
+//! The child process is the `file_vault_crash_worker` binary (`tests/bin/`, built with the
+//! `testing` feature). It appends a `B <seq> <op>` line to an operation log (fsynced) before each change and an
 //! `A <seq> <result>` line (fsynced) after the change was acknowledged, so the parent knows
 //! every acknowledged change and the one change that may have been in flight when it died.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use byok::{
-    Argon2Params, FileVault, FileVaultOptions, Identity, KeyProvider, KeySpec, Permissions,
-    ProviderErrorKind as K, SecretString, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
+    FileVault, Identity, KeyProvider, KeySpec, Permissions, ProviderErrorKind as K, VaultAdmin,
+    VaultProperties, WrapAlgorithm, WrappedKey,
 };
 
-const WORKER_ENV: &str = "BYOK_FV_WORKER";
-const KILL_ROUNDS: usize = 220;
-const KEYS: usize = 4;
-const IDENTITIES: u64 = 8;
+#[path = "file_vault_crash_common/mod.rs"]
+mod common;
 
-fn options() -> FileVaultOptions {
-    FileVaultOptions::with_passphrase(SecretString::from("crash test"))
-        .argon2(Argon2Params::new(64, 1, 1))
-}
+use common::*;
 
 fn fresh_dir(tag: &str) -> PathBuf {
     let t = std::time::SystemTime::now()
@@ -38,129 +32,6 @@ fn fresh_dir(tag: &str) -> PathBuf {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("file_vault_crash");
     fs::create_dir_all(&base).unwrap();
     base.join(format!("{tag}-{}-{t}", std::process::id()))
-}
-
-/// xorshift64*: a tiny deterministic generator for op choice and kill timing.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    t ^ u64::from(std::process::id()) << 32 | 1
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-fn perms(b: u64) -> Permissions {
-    Permissions {
-        get: b & 1 != 0,
-        wrap_key: b & 2 != 0,
-        unwrap_key: b & 4 != 0,
-    }
-}
-
-/// The operation log: each line is written with one `write` and fsynced.
-struct Log(fs::File);
-
-impl Log {
-    fn open(path: &Path) -> Self {
-        Self(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .unwrap(),
-        )
-    }
-    fn line(&mut self, s: &str) {
-        self.0.write_all(format!("{s}\n").as_bytes()).unwrap();
-        self.0.sync_data().unwrap();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The child side.
-
-#[test]
-fn zz_child_process_worker() {
-    let Ok(mode) = std::env::var(WORKER_ENV) else {
-        return; // an ordinary test run: nothing to do
-    };
-    let dir = PathBuf::from(std::env::var("BYOK_FV_DIR").unwrap());
-    let mut log = Log::open(Path::new(&std::env::var("BYOK_FV_LOG").unwrap()));
-    let mut rng = Rng(std::env::var("BYOK_FV_SEED").unwrap().parse().unwrap());
-    let vault = FileVault::open(&dir, &options()).unwrap();
-    println!("READY");
-    std::io::stdout().flush().unwrap();
-    block_on(async {
-        if let Some(who) = mode.strip_prefix("concurrent:") {
-            while !dir.with_extension("go").exists() {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            for j in 0..20 {
-                log.line(&format!("B {j} rot shared"));
-                let v = vault.rotate_key("shared").await.unwrap().version;
-                log.line(&format!("A {j} {v}"));
-                let id = format!("c{who}-{j}");
-                log.line(&format!("B {j} grant {id} 7"));
-                vault
-                    .set_access(&Identity::new(&id), Permissions::CMK)
-                    .await
-                    .unwrap();
-                log.line(&format!("A {j} ok"));
-            }
-            std::process::exit(0);
-        }
-        assert_eq!(mode, "kill");
-        for seq in 0u64.. {
-            match rng.below(10) {
-                0..=3 => {
-                    let k = format!("k{}", rng.below(KEYS as u64));
-                    log.line(&format!("B {seq} rot {k}"));
-                    let v = vault.rotate_key(&k).await.unwrap().version;
-                    log.line(&format!("A {seq} {v}"));
-                }
-                4..=7 => {
-                    let id = rng.below(IDENTITIES);
-                    let b = rng.below(8);
-                    log.line(&format!("B {seq} grant id{id} {b}"));
-                    vault
-                        .set_access(&Identity::new(format!("id{id}")), perms(b))
-                        .await
-                        .unwrap();
-                    log.line(&format!("A {seq} ok"));
-                }
-                _ => {
-                    let k = format!("k{}", rng.below(KEYS as u64));
-                    let versions = vault.list_versions(&k).await.unwrap();
-                    let v = &versions[rng.below(versions.len() as u64) as usize].version;
-                    let on = rng.below(2);
-                    log.line(&format!("B {seq} enable {k} {v} {on}"));
-                    vault.set_enabled(&k, v, on == 1).await.unwrap();
-                    log.line(&format!("A {seq} ok"));
-                }
-            }
-        }
-    });
 }
 
 /// Kills the child if the parent panics.
@@ -182,13 +53,7 @@ fn spawn_worker(
     log: &Path,
     seed: u64,
 ) -> (Reaper, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "zz_child_process_worker",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_file_vault_crash_worker"))
         .env(WORKER_ENV, mode)
         .env("BYOK_FV_DIR", dir)
         .env("BYOK_FV_LOG", log)
@@ -204,8 +69,7 @@ fn spawn_worker(
         line.clear();
         let n = out.read_line(&mut line).unwrap();
         assert!(n > 0, "the worker exited before opening the vault");
-        // libtest prints "test <name> ... " before the test's own output.
-        if line.trim_end().ends_with("READY") {
+        if line.trim_end() == "READY" {
             break;
         }
     }

@@ -163,12 +163,52 @@ async fn invalid_requests_are_typed() {
     );
 }
 
-#[test]
-fn debug_output_has_no_secrets() {
+/// Renderings of `secret` that a leaking `Debug` would contain: the decimal list `{:?}` prints
+/// for bytes, and lower- and upper-case hex (first 8 bytes of each are enough to be unique).
+fn renderings(secret: &[u8]) -> Vec<String> {
+    let head = &secret[..8];
+    let hex: String = head.iter().map(|b| format!("{b:02x}")).collect();
+    let list = format!("{head:?}");
+    vec![
+        list.trim_end_matches(']').to_owned(),
+        hex.clone(),
+        hex.to_uppercase(),
+    ]
+}
+
+/// Debug output of the vault, its provider, key properties and every secret type holds no key
+/// material: not the imported private key (any 16-character piece of its PEM body), not a key
+/// the caller wrapped, not a secret string. A `Debug` that printed the vault's key map, an
+/// `AesKey`'s bytes or a `SecretString`'s text fails this test.
+#[tokio::test]
+async fn debug_output_has_no_secrets() {
     let v = vault();
-    let s = format!("{v:?} {:?}", v.provider(&Identity::new("app")));
-    assert!(s.contains("mem.vault.example"), "{s}");
-    assert!(!s.contains("BEGIN"), "{s}");
+    let p = app(&v).await;
+    let props = v.import_rsa_pem("imported", PKCS1).await.expect("import");
+    let dek: Vec<u8> = (201..=232).collect();
+    let wrapped = p
+        .wrap_key("imported", None, WrapAlgorithm::RsaOaep256, &dek)
+        .await
+        .expect("wrap");
+    let unwrapped = p.unwrap_key(&wrapped).await.expect("unwrap");
+    assert_eq!(unwrapped.expose_secret(), &dek[..]);
+    let aes = byok::AesKey::try_from_slice(&dek).expect("aes key");
+    let secret = byok::SecretBytes::new(dek.clone());
+    let passphrase = byok::SecretString::new("correct horse battery staple");
+    let printed = format!(
+        "{v:?} {p:?} {props:?} {wrapped:?} {unwrapped:?} {aes:?} {secret:?} {passphrase:?} {:?}",
+        v.provider(&Identity::new("other"))
+    );
+    assert!(printed.contains("mem.vault.example"), "{printed}");
+    let pem_body: String = PKCS1.lines().filter(|l| !l.starts_with("-----")).collect();
+    for piece in pem_body.as_bytes().chunks(16).filter(|c| c.len() == 16) {
+        let piece = std::str::from_utf8(piece).expect("base64 is ASCII");
+        assert!(!printed.contains(piece), "PEM piece {piece} in {printed}");
+    }
+    for r in renderings(&dek) {
+        assert!(!printed.contains(&r), "secret rendering {r} in {printed}");
+    }
+    assert!(!printed.contains("horse battery"), "{printed}");
 }
 
 /// Issue 16 item 5: key names are case-insensitive (as in Azure Key Vault and `KeyId`): `cmk`

@@ -262,7 +262,10 @@ impl From<WrappedAccountKeyRepr> for WrappedAccountKey {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct AccountRecord {
-    /// Record format version ([`RECORD_FORMAT`]).
+    /// Record format version ([`RECORD_FORMAT`]). Loading (deserialising) a record refuses a
+    /// format this crate does not read — `0` or one newer than [`RECORD_FORMAT`], written by a
+    /// later version of the crate — rather than dropping the fields it does not know.
+    #[serde(deserialize_with = "known_format")]
     pub format: u32,
     /// The account.
     pub id: AccountId,
@@ -307,6 +310,18 @@ pub struct AccountRecord {
     pub last_probed: Option<SystemTime>,
 }
 
+/// Reads [`AccountRecord::format`], refusing formats this crate cannot read.
+fn known_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let format = u32::deserialize(d)?;
+    if format == 0 || format > RECORD_FORMAT {
+        return Err(serde::de::Error::custom(format_args!(
+            "account record format {format} is not one this crate reads (1 to {RECORD_FORMAT}); \
+             was it written by a newer version of byok?"
+        )));
+    }
+    Ok(format)
+}
+
 impl AccountRecord {
     /// The customer key currently wrapping the account key, pinned to the exact version.
     pub fn current_customer_key(&self) -> Option<KeyId> {
@@ -315,6 +330,47 @@ impl AccountRecord {
                 key.with_version(&w.wrapped.key_version).ok()
             }
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17: `RECORD_FORMAT` is checked when a record is loaded. A record written by a newer
+    /// crate (or a corrupt format 0) is refused, formats 1 and 2 load.
+    #[test]
+    fn loading_checks_the_record_format() {
+        let record = AccountRecord {
+            format: RECORD_FORMAT,
+            id: AccountId::new("a-1").expect("id"),
+            region: "region-1".to_owned(),
+            tenant: "tenant-1".to_owned(),
+            key_source: KeySource::Platform,
+            account_key: None,
+            platform_class_key: None,
+            infrastructure_key: None,
+            state: AccountState::Active,
+            policy: Policy::builder("p").build(),
+            double_encryption: false,
+            chosen_classes: BTreeSet::new(),
+            revision: 1,
+            epoch: 1,
+            created: SystemTime::UNIX_EPOCH,
+            updated: SystemTime::UNIX_EPOCH,
+            last_rotated: None,
+            last_probed: None,
+        };
+        let json = serde_json::to_value(&record).expect("serialise");
+        for (format, loads) in [(0, false), (1, true), (2, true), (RECORD_FORMAT + 1, false)] {
+            let mut j = json.clone();
+            j["format"] = format.into();
+            let got = serde_json::from_value::<AccountRecord>(j);
+            assert_eq!(got.is_ok(), loads, "format {format}: {got:?}");
+            if let Err(e) = got {
+                assert!(e.to_string().contains("newer version of byok"), "{e}");
+            }
         }
     }
 }
