@@ -22,4 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 bash scripts/openbao.sh install >&2
 
+# Every fuzz target builds against the current API and survives a short smoke run.
+bash scripts/fuzz-smoke.sh
+
 exec cargo test --all-features "$@"

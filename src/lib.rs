@@ -33,9 +33,15 @@ pub use crate::audit::{
 };
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::crypto::{OaepHash, RsaPublic};
-/// Fuzzing entry points (only with `--cfg fuzzing`, as cargo-fuzz builds).
+/// Fuzzing entry points (only with `--cfg fuzzing`, as cargo-fuzz builds; see `fuzz/README.md`).
+/// Not part of the API.
 #[cfg(fuzzing)]
-pub use crate::envelope::fuzzing;
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::envelope::fuzzing::*;
+    #[cfg(unix)]
+    pub use crate::provider::file::fuzzing::fuzz_vault_records;
+}
 pub use crate::envelope::{
     AccountKey, Bounded, Envelope, FormatError, HeaderInfo, LayerKeyInfo, MAX_FIELD_LEN,
     MAX_HEADER_LEN, OpenHeader, OpenReader, PreparedKey, SealWriter, field_key_version, inspect,

@@ -170,3 +170,43 @@ fn golden_sealed_field_v2_opens() {
         Err(byok::Error::Decryption)
     ));
 }
+
+/// Negative golden vectors (`tests/data/fail/`, listed with their expected outcome in
+/// `MANIFEST.tsv`, as age's test kit does): `inspect` returns exactly the listed result, and
+/// opening — one-shot, and streaming to the end — fails with the opaque `Error::Decryption`.
+#[test]
+fn negative_vectors_fail_as_listed() {
+    let (k1, _) = keys();
+    let manifest = std::fs::read_to_string(path("fail/MANIFEST.tsv")).unwrap();
+    let mut checked = 0;
+    for line in manifest
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let mut cols = line.split('\t');
+        let (file, inspect, why) = (cols.next().unwrap(), cols.next().unwrap(), cols.next());
+        let obj = std::fs::read(path(&format!("fail/{file}"))).unwrap();
+        let inspected = match byok::inspect(&obj) {
+            Ok(_) => "ok".to_owned(),
+            Err(byok::Error::Format(e)) => format!("{e:?}"),
+            Err(other) => panic!("{file}: inspect gave a non-format error {other:?}"),
+        };
+        assert_eq!(inspected, inspect, "{file} ({why:?}): inspect");
+        let one_shot = Envelope::new(&k1).open(b"golden", &obj);
+        assert!(
+            matches!(one_shot, Err(byok::Error::Decryption)),
+            "{file} ({why:?}): open gave {one_shot:?}"
+        );
+        let mut streamed = Vec::new();
+        let result = Envelope::new(&k1)
+            .open_reader(b"golden", obj.as_slice())
+            .and_then(|mut r| r.read_to_end(&mut streamed))
+            .map_err(byok::Error::from);
+        assert!(
+            matches!(result, Err(byok::Error::Decryption)),
+            "{file} ({why:?}): streaming open gave {result:?}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 17, "every vector in the manifest was checked");
+}

@@ -13,7 +13,7 @@ mod async_io;
 mod fields;
 mod format;
 #[cfg(fuzzing)]
-pub mod fuzzing;
+pub(crate) mod fuzzing;
 mod keys;
 mod stream;
 #[cfg(test)]

@@ -34,8 +34,8 @@ pub(super) const TMP_PREFIX: &str = ".tmp-";
 pub(super) const MAX_STR_LEN: usize = u16::MAX as usize;
 
 const META_MAGIC: &[u8; 8] = b"BYOKMETA";
-const STATE_MAGIC: &[u8; 8] = b"BYOKSTAT";
-const KEY_MAGIC: &[u8; 8] = b"BYOKKEY1";
+pub(super) const STATE_MAGIC: &[u8; 8] = b"BYOKSTAT";
+pub(super) const KEY_MAGIC: &[u8; 8] = b"BYOKKEY1";
 
 /// Length of `vault.meta`: fields (55) + checksum (32) + check value (32).
 const META_FIELDS_LEN: usize = 8 + 2 + 1 + 4 + 4 + 4 + 16 + 16;
@@ -235,7 +235,7 @@ fn check_value(check_key: &[u8; 32], fields: &[u8]) -> [u8; 32] {
 
 /// Seals `body` as a record of kind `magic` at `generation`, bound to `file_name` and
 /// `vault_id`.
-fn seal_record(
+pub(super) fn seal_record(
     gcm: &Gcm,
     magic: &[u8; 8],
     generation: u64,

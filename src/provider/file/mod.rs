@@ -23,6 +23,8 @@
 
 mod format;
 mod fsio;
+#[cfg(any(test, fuzzing))]
+pub(crate) mod fuzzing;
 
 use core::fmt;
 use std::collections::{HashMap, HashSet};
