@@ -9,6 +9,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::account::policy::Operation;
+use crate::account::record::StateKind;
 use crate::provider::Identity;
 
 /// What happened.
@@ -23,10 +25,10 @@ pub enum AuditAction {
     Probe,
     /// The account moved between lifecycle states.
     StateChange {
-        /// Previous state name.
-        from: String,
-        /// New state name.
-        to: String,
+        /// The previous state.
+        from: StateKind,
+        /// The new state.
+        to: StateKind,
     },
     /// The key (or key version) protecting the account key changed.
     KeyChange {
@@ -38,7 +40,7 @@ pub enum AuditAction {
     /// An operation was refused (inaccessible key, deleted account, policy).
     Denied {
         /// The operation that was refused.
-        operation: String,
+        operation: Operation,
     },
     /// The account was created.
     Created,

@@ -7,19 +7,32 @@
 //! [`Error::Decryption`].
 
 use core::fmt;
+use std::sync::Arc;
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Decryption or authentication failed. Deliberately opaque: it never says which check
-    /// failed (tag, key commitment, header binding, truncation, wrong key).
+    /// failed (tag, key commitment, header binding, truncation, wrong key). HTTP 500: the
+    /// crate opens objects the service itself stored, so a failure is corruption or tampering
+    /// in the service's storage (or the service passing the wrong context), not the client's
+    /// fault. A service that opens envelopes its clients send maps it to 400 itself.
     #[error("decryption failed")]
     Decryption,
 
-    /// A key provider (vault, HSM, KMS) refused or failed an operation.
+    /// A key provider (vault, HSM, KMS) refused or failed an operation on a tenant's key (or
+    /// on a key the caller named). HTTP status from the [`ProviderErrorKind`] (403 forbidden,
+    /// 404 not found, 503 transient…).
     #[error(transparent)]
     Provider(#[from] ProviderError),
+
+    /// The service's own platform or infrastructure key failed (not the tenant's key): a fault
+    /// of the service's configuration or of its KMS, never reported as the tenant's 403. HTTP
+    /// 503 when the provider error is transient, 500 otherwise. The provider error is the
+    /// [`source`](std::error::Error::source).
+    #[error("platform key: {0}")]
+    PlatformKey(#[source] ProviderError),
 
     /// A caller-supplied value is malformed or out of range.
     #[error("invalid input: {0}")]
@@ -52,7 +65,12 @@ pub enum Error {
     KeyInaccessible {
         /// The account.
         account: String,
-        /// What was observed.
+        /// The kind of the definitive provider failure that was observed (e.g.
+        /// [`ProviderErrorKind::Forbidden`] after the tenant removed the access,
+        /// [`ProviderErrorKind::KeyDisabled`]); `None` for a state recorded without one (records
+        /// of crate versions before 0.1's typed kinds).
+        kind: Option<ProviderErrorKind>,
+        /// What was observed, for people (the provider's message).
         reason: String,
     },
 
@@ -88,7 +106,8 @@ pub enum Error {
     },
 
     /// Bytes are not an envelope header this version reads (returned by inspection; opening
-    /// untrusted bytes only ever fails with [`Error::Decryption`]).
+    /// untrusted bytes only ever fails with [`Error::Decryption`]). HTTP 500, for the reason
+    /// given at [`Error::Decryption`].
     #[error("envelope format: {0}")]
     Format(#[from] crate::envelope::FormatError),
 
@@ -173,8 +192,10 @@ impl Error {
     /// The HTTP status a service would return for this error.
     pub fn http_status(&self) -> u16 {
         match self {
-            Error::Decryption => 400,
+            Error::Decryption => 500,
             Error::Provider(p) => p.kind.http_status(),
+            Error::PlatformKey(p) if p.is_transient() => 503,
+            Error::PlatformKey(_) => 500,
             Error::InvalidInput(_)
             | Error::InvalidKeyId { .. }
             | Error::UnsupportedAlgorithm(_)
@@ -183,7 +204,7 @@ impl Error {
             Error::Conflict(_) => 409,
             Error::KeyInaccessible { .. } => 403,
             Error::Unavailable { .. } | Error::Store { .. } => 503,
-            Error::Format(_) => 400,
+            Error::Format(_) => 500,
             Error::Io(_) => 500,
         }
     }
@@ -226,11 +247,26 @@ impl Error {
 }
 
 /// A failure reported by a [`crate::KeyProvider`] or vault administration call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Carries the [`ProviderErrorKind`] the account layer acts on, a message (never secrets), and
+/// the underlying cause where there is one — the HTTP client's error, the PKCS#11 return value,
+/// the file system's [`std::io::Error`] — as [`std::error::Error::source`], so logs and callers
+/// can walk the chain (`ProviderError::source()?.downcast_ref::<std::io::Error>()`).
+/// Equality compares the kind and the message only.
+#[derive(Debug, Clone)]
 pub struct ProviderError {
     kind: ProviderErrorKind,
     message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
+
+impl PartialEq for ProviderError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for ProviderError {}
 
 impl ProviderError {
     /// A new error of `kind` with a human-readable message (never containing secrets).
@@ -238,7 +274,26 @@ impl ProviderError {
         Self {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// The same error with `source` as its cause ([`std::error::Error::source`]).
+    #[must_use]
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        self.source = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// The same error (kind and cause) with its message rewritten by `f`.
+    #[must_use]
+    #[cfg_attr(not(feature = "transit"), allow(dead_code))]
+    pub(crate) fn map_message(mut self, f: impl FnOnce(&str) -> String) -> Self {
+        self.message = f(&self.message);
+        self
     }
 
     /// What kind of failure this is.
@@ -268,14 +323,20 @@ impl fmt::Display for ProviderError {
     }
 }
 
-impl std::error::Error for ProviderError {}
+impl std::error::Error for ProviderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The kinds of provider failure.
 ///
 /// Three classes: **definitive** failures say the key cannot be used until its owner acts
 /// ([`is_definitive`](Self::is_definitive)); **transient** ones may succeed on retry
 /// ([`is_transient`](Self::is_transient)); the rest are faults in the request itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ProviderErrorKind {
     /// No key (or no such version) with that name. Definitive, 404.
@@ -315,6 +376,50 @@ pub enum ProviderErrorKind {
 }
 
 impl ProviderErrorKind {
+    /// Every kind, in a fixed order (their index is the compact code a key handle's
+    /// revocation flag stores).
+    const ALL: [ProviderErrorKind; 14] = [
+        Self::KeyNotFound,
+        Self::KeyDisabled,
+        Self::KeyDeleted,
+        Self::Forbidden,
+        Self::WrongKeyType,
+        Self::VaultNotFound,
+        Self::UnwrapFailed,
+        Self::InvalidRequest,
+        Self::Conflict,
+        Self::Timeout,
+        Self::Unavailable,
+        Self::Throttled,
+        Self::Unsupported,
+        Self::Corrupted,
+    ];
+
+    /// This kind's index in [`Self::ALL`] (an exhaustive match: a new kind must be given one).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::KeyNotFound => 0,
+            Self::KeyDisabled => 1,
+            Self::KeyDeleted => 2,
+            Self::Forbidden => 3,
+            Self::WrongKeyType => 4,
+            Self::VaultNotFound => 5,
+            Self::UnwrapFailed => 6,
+            Self::InvalidRequest => 7,
+            Self::Conflict => 8,
+            Self::Timeout => 9,
+            Self::Unavailable => 10,
+            Self::Throttled => 11,
+            Self::Unsupported => 12,
+            Self::Corrupted => 13,
+        }
+    }
+
+    /// The kind with index `code`.
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
     /// The key cannot be used until its owner acts: not found, disabled, deleted, forbidden,
     /// wrong type, vault gone.
     pub fn is_definitive(self) -> bool {
@@ -377,22 +482,13 @@ mod tests {
     #[test]
     fn classes_are_disjoint_and_statuses_match() {
         use ProviderErrorKind::*;
-        let all = [
-            KeyNotFound,
-            KeyDisabled,
-            KeyDeleted,
-            Forbidden,
-            WrongKeyType,
-            VaultNotFound,
-            UnwrapFailed,
-            InvalidRequest,
-            Conflict,
-            Timeout,
-            Unavailable,
-            Throttled,
-            Unsupported,
-            Corrupted,
-        ];
+        let all = ProviderErrorKind::ALL;
+        // The codes a revoked key handle stores round-trip, one per kind.
+        for (i, k) in all.iter().enumerate() {
+            assert_eq!(usize::from(k.code()), i, "{k}");
+            assert_eq!(ProviderErrorKind::from_code(k.code()), Some(*k));
+        }
+        assert_eq!(ProviderErrorKind::from_code(all.len() as u8), None);
         for k in all {
             assert!(!(k.is_definitive() && k.is_transient()), "{k}");
             if k.is_transient() {
@@ -406,5 +502,11 @@ mod tests {
         let e: Error = ProviderError::new(KeyDisabled, "version 2 is disabled").into();
         assert_eq!(e.http_status(), 403);
         assert_eq!(e.provider_kind(), Some(KeyDisabled));
+        // The same failure of the service's own key is a server error.
+        let p = ProviderError::new(KeyDisabled, "platform key disabled");
+        assert_eq!(Error::PlatformKey(p).http_status(), 500);
+        let p = ProviderError::new(Timeout, "platform KMS slow");
+        assert_eq!(Error::PlatformKey(p).http_status(), 503);
+        assert_eq!(Error::Decryption.http_status(), 500);
     }
 }

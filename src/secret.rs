@@ -66,8 +66,7 @@ pub struct SecretBytes(Vec<u8>);
 
 impl PartialEq for SecretBytes {
     fn eq(&self, other: &Self) -> bool {
-        use subtle::ConstantTimeEq;
-        bool::from(self.0.as_slice().ct_eq(other.0.as_slice()))
+        crate::crypto::ct_eq(&self.0, &other.0)
     }
 }
 

@@ -237,7 +237,17 @@ async fn transient_failures_never_change_the_state() {
         .decrypt(&id, b"o", &obj)
         .await
         .expect_err("forbidden");
-    assert!(matches!(e, Error::KeyInaccessible { .. }), "{e}");
+    // Issue 17: the error carries the kind of failure observed, typed.
+    assert!(
+        matches!(
+            e,
+            Error::KeyInaccessible {
+                kind: Some(ProviderErrorKind::Forbidden),
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(e.http_status(), 403);
     assert_eq!(
         w.manager.account(&id).await.expect("get").state.kind(),
@@ -503,4 +513,148 @@ async fn equivalent_key_uris_are_one_key() {
             .expect("using");
         assert_eq!(found, vec![id.clone()], "{s}");
     }
+}
+
+/// Issue 17: a failure of the service's own platform key is the service's fault (500, or 503
+/// when transient), never the tenant's 403 or a policy violation; the provider error is kept
+/// as the cause. And the revoked state, the error and the audit event carry typed kinds.
+#[tokio::test]
+async fn platform_key_failures_are_the_services_fault() {
+    let w = World::new().await;
+    let service = byok::Identity::new("service");
+    let platform = common::vault("platform2.internal", common::REGION, "op", 9, &w.clock);
+    platform
+        .create_key("platform-kek", byok::KeySpec::Aes256)
+        .await
+        .expect("key");
+    platform
+        .set_access(&service, byok::Permissions::CMK)
+        .await
+        .expect("grant");
+    let faults = byok::FaultInjector::new(Arc::new(platform.provider(&service)), 7);
+    let manager = byok::AccountManager::builder(
+        byok::PlatformKey::new(
+            Arc::new(faults.clone()),
+            "platform-kek",
+            byok::WrapAlgorithm::A256Kw,
+        ),
+        w.directory.clone(),
+    )
+    .clock(w.clock.clone())
+    .build();
+    let new = |id: &str| {
+        NewAccount::new(
+            byok::AccountId::new(id).expect("id"),
+            common::REGION,
+            common::TENANT,
+            Policy::storage(),
+        )
+    };
+    // Creating an account while the platform key refuses: not a policy violation (400).
+    faults.cut(ProviderErrorKind::Forbidden);
+    let e = manager
+        .create_account(new("p1"))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&e, Error::PlatformKey(p) if p.kind() == ProviderErrorKind::Forbidden),
+        "{e}"
+    );
+    assert_eq!(e.http_status(), 500);
+    faults.restore();
+    let record = manager.create_account(new("p1")).await.expect("create");
+    let obj = manager
+        .encrypt(&record.id, &class("blob"), b"o", b"data")
+        .await
+        .expect("seal");
+    // Past the cache, a definitive failure of the platform key: 500 with its cause, and the
+    // account's state does not change (it is not the tenant's key).
+    w.clock.advance(Duration::from_secs(3600));
+    faults.cut(ProviderErrorKind::KeyDisabled);
+    let e = manager
+        .decrypt(&record.id, b"o", &obj)
+        .await
+        .expect_err("disabled");
+    assert!(matches!(&e, Error::PlatformKey(_)), "{e}");
+    assert_eq!(e.http_status(), 500);
+    let cause = std::error::Error::source(&e).expect("the provider error is the source");
+    assert_eq!(
+        cause
+            .downcast_ref::<byok::ProviderError>()
+            .map(|p| p.kind()),
+        Some(ProviderErrorKind::KeyDisabled)
+    );
+    assert_eq!(
+        manager.account(&record.id).await.expect("get").state.kind(),
+        StateKind::Active
+    );
+    // A transient failure of it is 503.
+    faults.cut(ProviderErrorKind::Timeout);
+    let e = manager
+        .decrypt(&record.id, b"o", &obj)
+        .await
+        .expect_err("timeout");
+    assert_eq!(e.http_status(), 503, "{e}");
+    faults.restore();
+    w.clock.advance(byok::DEFAULT_FAILURE_WINDOW);
+    assert_eq!(
+        manager.decrypt(&record.id, b"o", &obj).await.expect("back"),
+        b"data"
+    );
+    // Tampered stored data is a server error too.
+    let mut bad = obj.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let e = manager
+        .decrypt(&record.id, b"o", &bad)
+        .await
+        .expect_err("tampered");
+    assert!(matches!(e, Error::Decryption));
+    assert_eq!(e.http_status(), 500);
+}
+
+/// Issue 17: the audit trail's state changes and denials are typed, not Debug strings.
+#[tokio::test]
+async fn audit_events_are_typed() {
+    let w = World::new().await;
+    let id = cmk_account(&w, "typed-audit", Policy::content_safety()).await;
+    w.vault.remove_identity(&w.identity).await.expect("revoke");
+    w.manager.monitor().await.expect("monitor");
+    let e = w
+        .manager
+        .encrypt(&id, &class("blob"), b"o", b"x")
+        .await
+        .expect_err("denied");
+    assert!(
+        matches!(
+            e,
+            Error::KeyInaccessible {
+                kind: Some(ProviderErrorKind::Forbidden),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let events = w.audit.events();
+    assert!(events.iter().any(|e| e.action
+        == AuditAction::StateChange {
+            from: StateKind::Active,
+            to: StateKind::KeyInaccessible
+        }));
+    assert!(
+        events.iter().any(|e| e.action
+            == AuditAction::Denied {
+                operation: Operation::DataWrite
+            }),
+        "{events:?}"
+    );
+    // The stored state carries the kind too.
+    let rec = w.manager.account(&id).await.expect("get");
+    assert!(matches!(
+        rec.state,
+        byok::AccountState::KeyInaccessible {
+            kind: Some(ProviderErrorKind::Forbidden),
+            ..
+        }
+    ));
 }

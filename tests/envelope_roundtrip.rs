@@ -230,7 +230,7 @@ fn inspection_without_keys() {
         inner_error(&e),
         Error::Format(FormatError::Truncated)
     ));
-    assert_eq!(Error::Format(FormatError::BadMagic).http_status(), 400);
+    assert_eq!(Error::Format(FormatError::BadMagic).http_status(), 500);
     // Opening never says which check failed.
     let env = Envelope::new(&k1).with_layer2(&k2).unwrap();
     assert!(matches!(env.open(b"", &v2), Err(Error::Decryption)));

@@ -797,6 +797,15 @@ async fn missing_entries_are_corrupted_and_named() {
     let e = v.create_key("c", KeySpec::Aes256).await.unwrap_err();
     assert_eq!(e.kind(), K::Corrupted, "{e}");
     assert!(e.message().contains("keys"), "{e}");
+    // Issue 17: the file system's error is kept as the cause, not flattened to text.
+    let cause = std::error::Error::source(&e).expect("the I/O error is the source");
+    assert_eq!(
+        cause.downcast_ref::<std::io::Error>().map(|io| io.kind()),
+        Some(std::io::ErrorKind::NotFound),
+        "{cause:?}"
+    );
+    let wrapped = byok::Error::from(e);
+    assert!(std::error::Error::source(&wrapped).is_some_and(|c| c.is::<std::io::Error>()));
     fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -431,7 +431,7 @@ async fn a_stale_replica_never_locks_the_fleet_on_an_old_wrapping() {
     assert_eq!(rec.current_customer_key(), Some(k2));
     assert!(
         !w.audit.events().iter().any(|e| matches!(&e.action,
-            AuditAction::StateChange { to, .. } if to == "KeyInaccessible")),
+            AuditAction::StateChange { to, .. } if *to == byok::StateKind::KeyInaccessible)),
         "nobody observed a revocation"
     );
 }

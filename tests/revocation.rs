@@ -189,7 +189,7 @@ async fn stored_state(w: &World, id: &AccountId) -> StateKind {
 fn restored_to_active(w: &World) -> bool {
     w.audit.events().iter().any(|e| {
         matches!(&e.action, AuditAction::StateChange { from, to }
-            if from == "KeyInaccessible" && to == "Active")
+            if *from == StateKind::KeyInaccessible && *to == StateKind::Active)
     })
 }
 
@@ -661,7 +661,7 @@ async fn a_stale_replica_never_locks_the_fleet_on_an_old_wrapping() {
     assert_eq!(rec.state, AccountState::Active);
     assert_eq!(rec.current_customer_key(), Some(k2));
     assert!(!w.audit.events().iter().any(|e| matches!(&e.action,
-        AuditAction::StateChange { to, .. } if to == "KeyInaccessible")));
+        AuditAction::StateChange { to, .. } if *to == StateKind::KeyInaccessible)));
 }
 
 // ---------------------------------------------------------------------------------------------

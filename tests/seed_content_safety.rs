@@ -227,7 +227,7 @@ async fn content_safety_rules() {
         && matches!(e.outcome, AuditOutcome::Failure(_))
         && e.account == "cs-2"));
     assert!(events.iter().any(
-        |e| matches!(&e.action, AuditAction::Denied { operation } if operation == "DataRead")
+        |e| matches!(&e.action, AuditAction::Denied { operation } if *operation == Operation::DataRead)
             && e.account == "cs-2"
     ));
     let accounts = w.manager.accounts_using(&uri).await.expect("who uses v1");

@@ -479,6 +479,9 @@ async fn server_stopped_mid_test_is_transient_with_bounded_retries() {
     assert_eq!(e.kind(), K::Unavailable, "{e}");
     assert!(e.is_transient() && !e.is_definitive());
     assert!(e.message().contains("after 3 attempts"), "{e}");
+    // Issue 17: the HTTP client's error stays reachable as the cause, through retries too.
+    let cause = std::error::Error::source(&e).expect("the HTTP client's error is the source");
+    assert!(cause.is::<reqwest::Error>(), "{cause:?}");
     // Two backoffs of at most 125 + 250 ms, refused connections fail at once.
     assert!(took >= Duration::from_millis(150), "{took:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");

@@ -135,8 +135,10 @@ impl AccountManager {
     ) -> Failed {
         let failed_wrapping = begun.record.account_key.clone();
         let reason = e.to_string();
+        let kind = e.kind();
         let inaccessible = || Error::KeyInaccessible {
             account: cell.id.to_string(),
+            kind: Some(kind),
             reason: reason.clone(),
         };
         let mine = {
@@ -166,13 +168,14 @@ impl AccountManager {
             live.observed = Some(Observed {
                 state: AccountState::KeyInaccessible {
                     reason: reason.clone(),
+                    kind: Some(kind),
                     since: self.now(),
                 },
                 generation,
             });
             live.failed = [None, None, None];
             let locked = locked_slots(&live.record, StateKind::KeyInaccessible);
-            live.revoke(locked, Revoked::KeyInaccessible);
+            live.revoke(locked, Revoked::KeyInaccessible(Some(kind)));
             generation
         };
         let commits = cell.commits.lock().await;
@@ -236,6 +239,7 @@ impl AccountManager {
                 }
                 r.state = AccountState::KeyInaccessible {
                     reason: reason.clone(),
+                    kind: Some(kind),
                     since,
                 };
                 Ok(())
@@ -418,6 +422,7 @@ mod tests {
             .commit(&cell, |r| {
                 r.state = AccountState::KeyInaccessible {
                     reason: "test".into(),
+                    kind: None,
                     since: std::time::SystemTime::UNIX_EPOCH,
                 };
                 Ok(())
@@ -430,6 +435,7 @@ mod tests {
             AccountState::Active,
             AccountState::KeyInaccessible {
                 reason: "x".into(),
+                kind: None,
                 since: std::time::SystemTime::UNIX_EPOCH,
             },
         ] {

@@ -120,8 +120,11 @@ impl AccountManager {
                 account: begun.record.id.to_string(),
                 reason: e.to_string(),
             })
-        } else {
+        } else if customer {
             Failed::Error(Error::Provider(e))
+        } else {
+            // The service's own key: never the tenant's 403.
+            Failed::Error(Error::PlatformKey(e))
         }
     }
 

@@ -71,22 +71,12 @@ impl AccountManager {
             )
             .await?;
         let platform_class = self
-            .wrap_platform(
-                policy,
-                Slot::PlatformClass,
-                &AesKey::generate(),
-                new_key_id(),
-            )
+            .wrap_platform(Slot::PlatformClass, &AesKey::generate(), new_key_id())
             .await?;
         let infrastructure = if double {
             Some(
-                self.wrap_platform(
-                    policy,
-                    Slot::Infrastructure,
-                    &AesKey::generate(),
-                    new_key_id(),
-                )
-                .await?,
+                self.wrap_platform(Slot::Infrastructure, &AesKey::generate(), new_key_id())
+                    .await?,
             )
         } else {
             None
@@ -323,8 +313,8 @@ impl AccountManager {
             None,
             key.clone(),
             AuditAction::StateChange {
-                from: from.to_string(),
-                to: StateKind::Deleted.to_string(),
+                from,
+                to: StateKind::Deleted,
             },
             AuditOutcome::Success,
         );
@@ -358,9 +348,7 @@ impl AccountManager {
                 &rec.id,
                 None,
                 rec.current_customer_key().map(|k| k.to_string()),
-                AuditAction::Denied {
-                    operation: format!("{op:?}"),
-                },
+                AuditAction::Denied { operation: op },
                 AuditOutcome::Failure("KeyInaccessible".into()),
             );
         }

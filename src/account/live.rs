@@ -139,11 +139,12 @@ pub(crate) fn gate(
         slot == Some(Slot::PlatformClass) && rec.policy.platform_classes_survive_revocation;
     match state {
         AccountState::Deleted { .. } => Err(Error::AccountNotFound(rec.id.to_string())),
-        AccountState::KeyInaccessible { reason, .. }
+        AccountState::KeyInaccessible { reason, kind, .. }
             if !(rec.policy.allows_while_inaccessible(op) || uncovered) =>
         {
             Err(Error::KeyInaccessible {
                 account: rec.id.to_string(),
+                kind: *kind,
                 reason: reason.clone(),
             })
         }
@@ -317,6 +318,7 @@ pub(crate) fn copy_error(e: &Error) -> Error {
     match e {
         Error::Decryption => Error::Decryption,
         Error::Provider(p) => Error::Provider(p.clone()),
+        Error::PlatformKey(p) => Error::PlatformKey(p.clone()),
         Error::InvalidInput(s) => Error::InvalidInput(s.clone()),
         Error::InvalidKeyId { input, reason } => Error::InvalidKeyId {
             input: input.clone(),
@@ -325,8 +327,13 @@ pub(crate) fn copy_error(e: &Error) -> Error {
         Error::UnsupportedAlgorithm(s) => Error::UnsupportedAlgorithm(s.clone()),
         Error::AccountNotFound(s) => Error::AccountNotFound(s.clone()),
         Error::Conflict(s) => Error::Conflict(s.clone()),
-        Error::KeyInaccessible { account, reason } => Error::KeyInaccessible {
+        Error::KeyInaccessible {
+            account,
+            kind,
+            reason,
+        } => Error::KeyInaccessible {
             account: account.clone(),
+            kind: *kind,
             reason: reason.clone(),
         },
         Error::Unavailable { account, reason } => Error::Unavailable {

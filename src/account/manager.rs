@@ -273,10 +273,7 @@ impl AccountManager {
             &rec.id,
             None,
             Self::record_key(rec),
-            AuditAction::StateChange {
-                from: from.to_string(),
-                to: to.to_string(),
-            },
+            AuditAction::StateChange { from, to },
             AuditOutcome::Success,
         );
     }
@@ -502,10 +499,10 @@ impl AccountManager {
             live.observed = None;
         }
         let state = live.state().kind();
-        let why = if state == StateKind::Deleted {
-            Revoked::Deleted
-        } else {
-            Revoked::KeyInaccessible
+        let why = match live.state() {
+            AccountState::Deleted { .. } => Revoked::Deleted,
+            AccountState::KeyInaccessible { kind, .. } => Revoked::KeyInaccessible(*kind),
+            _ => Revoked::KeyInaccessible(None),
         };
         let locked = locked_slots(&live.record, state);
         live.revoke(locked, why);

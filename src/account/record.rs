@@ -99,8 +99,12 @@ pub enum AccountState {
     /// A definitive failure of the customer key was observed; only the policy's operations
     /// are allowed.
     KeyInaccessible {
-        /// What was observed (provider error kind and message).
+        /// What was observed, for people (the provider's message).
         reason: String,
+        /// The kind of the definitive provider failure observed; `None` in records written
+        /// before the kind was recorded.
+        #[serde(default)]
+        kind: Option<crate::error::ProviderErrorKind>,
         /// Since when.
         since: SystemTime,
     },

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use subtle::ConstantTimeEq;
-
 use super::policy::Policy;
 use super::record::{AccountId, KeyRole, KeySource, WrappedAccountKey};
 use super::{AccountManager, Slot};
@@ -106,33 +104,15 @@ impl AccountManager {
         algorithm: WrapAlgorithm,
         key: &AesKey,
     ) -> Result<WrappedKey, Error> {
-        let violation = |v| Error::Policy {
-            policy: policy.name.clone(),
-            violation: v,
-        };
-        let w = match provider
-            .wrap_key(name, version, algorithm, key.expose_secret())
+        wrap_and_prove(provider, name, version, algorithm, key)
             .await
-        {
-            Err(e) if e.kind() == ProviderErrorKind::Forbidden => {
-                return Err(violation(PolicyViolation::MissingPermission("wrapKey")));
-            }
-            other => other?,
-        };
-        let back = match provider.unwrap_key(&w).await {
-            Err(e) if e.kind() == ProviderErrorKind::Forbidden => {
-                return Err(violation(PolicyViolation::MissingPermission("unwrapKey")));
-            }
-            other => other?,
-        };
-        if !bool::from(back.expose_secret().ct_eq(key.expose_secret())) {
-            return Err(ProviderError::new(
-                ProviderErrorKind::UnwrapFailed,
-                "the provider's new wrapping did not unwrap to the account key",
-            )
-            .into());
-        }
-        Ok(w)
+            .map_err(|(e, op)| match e.kind() {
+                ProviderErrorKind::Forbidden => Error::Policy {
+                    policy: policy.name.clone(),
+                    violation: PolicyViolation::MissingPermission(op),
+                },
+                _ => Error::Provider(e),
+            })
     }
 
     /// Wraps `key` under the account's key source; returns the wrapping and the source to
@@ -151,16 +131,11 @@ impl AccountManager {
             tenant,
         } = acct;
         match source {
-            KeySource::Platform => {
-                let pk = &self.inner.platform;
-                let w = self
-                    .wrap_verified(policy, &pk.provider, &pk.name, None, pk.algorithm, key)
-                    .await?;
-                Ok((
-                    WrappedAccountKey::new(key_id, pk.role, pk.role.as_str(), w),
-                    KeySource::Platform,
-                ))
-            }
+            KeySource::Platform => Ok((
+                self.wrap_platform(Slot::Account, key, key_id.to_owned())
+                    .await?,
+                KeySource::Platform,
+            )),
             KeySource::Customer { key: kid, identity } => {
                 let (provider, _props) = self
                     .validate_customer_key(policy, region, tenant, kid, identity)
@@ -195,15 +170,15 @@ impl AccountManager {
 
     pub(crate) async fn wrap_platform(
         &self,
-        policy: &Policy,
         slot: Slot,
         key: &AesKey,
         key_id: String,
     ) -> Result<WrappedAccountKey, Error> {
         let pk = self.platform_for(slot)?;
-        let w = self
-            .wrap_verified(policy, &pk.provider, &pk.name, None, pk.algorithm, key)
-            .await?;
+        // The service's own key: any failure is the service's, never the tenant's policy.
+        let w = wrap_and_prove(&pk.provider, &pk.name, None, pk.algorithm, key)
+            .await
+            .map_err(|(e, _)| Error::PlatformKey(e))?;
         Ok(WrappedAccountKey::new(
             &key_id,
             pk.role,
@@ -211,4 +186,31 @@ impl AccountManager {
             w,
         ))
     }
+}
+
+/// Wraps `key` with (`provider`, name, version) and unwraps the result to prove it. A failure
+/// comes with the permission of the step that failed (`wrapKey` or `unwrapKey`).
+async fn wrap_and_prove(
+    provider: &Arc<dyn KeyProvider>,
+    name: &str,
+    version: Option<&str>,
+    algorithm: WrapAlgorithm,
+    key: &AesKey,
+) -> Result<WrappedKey, (ProviderError, &'static str)> {
+    let w = provider
+        .wrap_key(name, version, algorithm, key.expose_secret())
+        .await
+        .map_err(|e| (e, "wrapKey"))?;
+    let back = provider
+        .unwrap_key(&w)
+        .await
+        .map_err(|e| (e, "unwrapKey"))?;
+    if !crate::crypto::ct_eq(back.expose_secret(), key.expose_secret()) {
+        let e = ProviderError::new(
+            ProviderErrorKind::UnwrapFailed,
+            "the provider's new wrapping did not unwrap to the account key",
+        );
+        return Err((e, "unwrapKey"));
+    }
+    Ok(w)
 }

@@ -6,10 +6,12 @@
 //! (`rustcrypto.rs`); a second backend (aws-lc-rs, for speed and constant-time RSA) can be added
 //! behind a feature by providing the same items.
 
+mod ct;
 mod kw32;
 mod rng;
 mod rustcrypto;
 
+pub(crate) use ct::{ct_eq, ct_eq_32};
 pub(crate) use rng::{SeededRng, ThreadRng, fill_random};
 pub(crate) use rustcrypto::RsaPrivate;
 pub use rustcrypto::RsaPublic;

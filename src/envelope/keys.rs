@@ -8,7 +8,7 @@ use zeroize::Zeroize;
 
 use super::format::{MAX_ID_LEN, WRAPPED_LEN};
 use crate::crypto::{Gcm, Kek, fill_random, hkdf_sha256};
-use crate::error::Error;
+use crate::error::{Error, ProviderErrorKind};
 use crate::secret::AesKey;
 
 /// An account-level key as the account layer hands it over: the key's id, its version and
@@ -95,10 +95,26 @@ pub struct PreparedKey {
 /// Why a key handle stopped working.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Revoked {
-    /// The account's customer key became inaccessible.
-    KeyInaccessible = 1,
+    /// The account's customer key became inaccessible, with the kind of failure observed.
+    KeyInaccessible(Option<ProviderErrorKind>),
     /// The account was deleted.
-    Deleted = 2,
+    Deleted,
+}
+
+/// Flag values: `LIVE`, `INACCESSIBLE + 1 + kind code` (or `INACCESSIBLE` for an unknown
+/// kind), `DELETED` — the largest, so that deletion stays final under `fetch_max`.
+const LIVE: u8 = 0;
+const INACCESSIBLE: u8 = 1;
+const DELETED: u8 = u8::MAX;
+
+impl Revoked {
+    fn flag(self) -> u8 {
+        match self {
+            Self::KeyInaccessible(None) => INACCESSIBLE,
+            Self::KeyInaccessible(Some(kind)) => INACCESSIBLE + 1 + kind.code(),
+            Self::Deleted => DELETED,
+        }
+    }
 }
 
 /// A revocation flag shared by a [`PreparedKey`] and every stream started from it: the account
@@ -115,7 +131,7 @@ impl Liveness {
     pub(crate) fn new(account_id: &str) -> Self {
         Self {
             account_id: Arc::from(account_id),
-            flag: Arc::new(AtomicU8::new(0)),
+            flag: Arc::new(AtomicU8::new(LIVE)),
         }
     }
 
@@ -127,10 +143,13 @@ impl Liveness {
     #[inline]
     pub(crate) fn check(&self) -> Result<(), Error> {
         match self.flag.load(Ordering::Acquire) {
-            0 => Ok(()),
-            2 => Err(Error::AccountNotFound(self.account_id.to_string())),
-            _ => Err(Error::KeyInaccessible {
+            LIVE => Ok(()),
+            DELETED => Err(Error::AccountNotFound(self.account_id.to_string())),
+            flag => Err(Error::KeyInaccessible {
                 account: self.account_id.to_string(),
+                kind: flag
+                    .checked_sub(INACCESSIBLE + 1)
+                    .and_then(ProviderErrorKind::from_code),
                 reason: "the key handle was revoked: the customer key became inaccessible".into(),
             }),
         }
@@ -138,7 +157,7 @@ impl Liveness {
 
     pub(crate) fn revoke(&self, why: Revoked) {
         // Deletion is final: a later revocation does not turn it back into KeyInaccessible.
-        self.flag.fetch_max(why as u8, Ordering::AcqRel);
+        self.flag.fetch_max(why.flag(), Ordering::AcqRel);
     }
 }
 
@@ -270,10 +289,9 @@ impl PreparedKey {
     /// Whether `other` is this very key: the same handle, the same key id and version, or
     /// the same key material under another name (compared by fingerprint, in constant time).
     pub(crate) fn same_key(&self, other: &PreparedKey) -> bool {
-        use subtle::ConstantTimeEq;
         core::ptr::eq(self, other)
             || (self.key_id == other.key_id && self.key_version == other.key_version)
-            || bool::from(self.fingerprint.ct_eq(&other.fingerprint))
+            || crate::crypto::ct_eq_32(&self.fingerprint, &other.fingerprint)
     }
 
     pub(crate) fn liveness(&self) -> &Liveness {

@@ -9,8 +9,6 @@
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
-use subtle::ConstantTimeEq;
-
 use super::format::{COMMIT_LEN, FIXED_LEN, Header, LayerFields, WRAPPED_LEN};
 use super::keys::{Liveness, PreparedKey};
 use crate::crypto::{GCM_NONCE_LEN, GCM_TAG_LEN, Gcm, sha256_parts};
@@ -96,25 +94,10 @@ fn recover_layer(
     }
     let dk = key.kek.unwrap_32(fields.wrapped)?;
     let (commitment, prefix) = derive(&dk, layer, context);
-    if !commitments_equal(&commitment, fields.commitment) {
+    if !crate::crypto::ct_eq_32(&commitment, fields.commitment) {
         return Err(Error::Decryption);
     }
     Ok((dk, prefix))
-}
-
-/// Constant-time comparison of two commitments: branch-free accumulation over 64-bit words,
-/// one `subtle` comparison at the end (cheaper than `subtle`'s byte-wise slice comparison,
-/// which puts an optimisation barrier on every byte).
-fn commitments_equal(a: &[u8; COMMIT_LEN], b: &[u8; COMMIT_LEN]) -> bool {
-    let mut diff = 0u64;
-    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        let mut xa = [0u8; 8];
-        let mut ya = [0u8; 8];
-        xa.copy_from_slice(x);
-        ya.copy_from_slice(y);
-        diff |= u64::from_le_bytes(xa) ^ u64::from_le_bytes(ya);
-    }
-    bool::from(diff.ct_eq(&0))
 }
 
 /// Recovers the data keys of a parsed header with the caller's keys. Any mismatch is the

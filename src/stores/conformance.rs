@@ -183,6 +183,7 @@ async fn create_get_round_trip(c: &Ctx<'_>) -> CheckResult {
     let mut r2 = c.record("round-trip-2", "k", "v1")?;
     r2.state = AccountState::KeyInaccessible {
         reason: "key disabled: version v1 is disabled".to_owned(),
+        kind: Some(crate::error::ProviderErrorKind::KeyDisabled),
         since: t(9),
     };
     r2.last_probed = None;

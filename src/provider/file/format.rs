@@ -206,9 +206,7 @@ impl Meta {
 
     /// Whether the check value authenticates under `check_key` (constant time).
     pub(super) fn verify(&self, check_key: &[u8; 32]) -> bool {
-        use subtle::ConstantTimeEq;
-        let want = check_value(check_key, &self.fields);
-        bool::from(want.ct_eq(&self.check))
+        crate::crypto::ct_eq_32(&check_value(check_key, &self.fields), &self.check)
     }
 }
 

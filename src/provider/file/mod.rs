@@ -243,6 +243,15 @@ fn unavailable(path: &Path, e: &io::Error) -> ProviderError {
         K::Unavailable,
         format!("file vault {}: {e}", path.display()),
     )
+    .with_source(owned(e))
+}
+
+/// An owned copy of `e` to keep as a [`ProviderError`]'s cause: the OS error number where
+/// there is one (so `raw_os_error()` still answers), else the kind and message.
+fn owned(e: &io::Error) -> io::Error {
+    e.raw_os_error()
+        .map(io::Error::from_raw_os_error)
+        .unwrap_or_else(|| io::Error::new(e.kind(), e.to_string()))
 }
 
 /// An I/O error on a file or directory of an existing vault: a missing entry is `Corrupted`
@@ -251,7 +260,7 @@ fn unavailable(path: &Path, e: &io::Error) -> ProviderError {
 /// `Unavailable`.
 fn io_err(path: &Path, e: &io::Error) -> ProviderError {
     if e.kind() == io::ErrorKind::NotFound {
-        return corrupted(path, "missing");
+        return corrupted(path, "missing").with_source(owned(e));
     }
     if fsio::is_symlink_refusal(e) {
         return tampered(path, "is a symbolic link");
@@ -263,7 +272,7 @@ fn io_err(path: &Path, e: &io::Error) -> ProviderError {
         return tampered(path, u);
     }
     if e.kind() == io::ErrorKind::InvalidData {
-        return corrupted(path, e);
+        return corrupted(path, e).with_source(owned(e));
     }
     unavailable(path, e)
 }

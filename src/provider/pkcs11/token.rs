@@ -14,7 +14,6 @@ use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use subtle::ConstantTimeEq;
 
 use crate::error::{ProviderError, ProviderErrorKind as K};
 use crate::secret::SecretString;
@@ -198,7 +197,7 @@ impl Token {
             Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
                 let logins = self.module.logins.lock().unwrap_or_else(|p| p.into_inner());
                 match logins.get(&self.token_key) {
-                    Some(v) if !bool::from(v.ct_eq(&mine)) => Err(ProviderError::new(
+                    Some(v) if !crate::crypto::ct_eq(v, &mine) => Err(ProviderError::new(
                         K::Forbidden,
                         "PIN incorrect (the token is already logged in with another PIN in this \
                          process)",
@@ -444,6 +443,7 @@ pub(super) fn map_error(e: &P11Error, what: &str) -> ProviderError {
         _ => K::Unavailable,
     };
     ProviderError::new(kind, format!("{what}: token returned {rv:?} at {f:?}"))
+        .with_source(P11Error::Pkcs11(rv, f))
 }
 
 #[cfg(test)]
@@ -463,6 +463,19 @@ mod tests {
             K::KeyNotFound
         );
         assert_eq!(m(RvError::PinIncorrect, Function::Login), K::Forbidden);
+        // The token's return value stays reachable as the cause.
+        let e = map_error(
+            &P11Error::Pkcs11(RvError::PinIncorrect, Function::Login),
+            "op",
+        );
+        let source = std::error::Error::source(&e).expect("the PKCS#11 error is the source");
+        assert!(
+            matches!(
+                source.downcast_ref::<P11Error>(),
+                Some(P11Error::Pkcs11(RvError::PinIncorrect, Function::Login))
+            ),
+            "{source:?}"
+        );
         assert_eq!(m(RvError::PinLocked, Function::Login), K::Forbidden);
         assert_eq!(m(RvError::GeneralError, Function::Decrypt), K::UnwrapFailed);
         assert_eq!(

@@ -81,7 +81,8 @@ impl Answer {
 
     /// The whole body parsed as `T`.
     pub(super) fn envelope_as<T: DeserializeOwned>(&self, what: &str) -> Result<T, ProviderError> {
-        // serde_json's message may quote the offending value: give only its class and place.
+        // serde_json's message may quote the offending value (a plaintext, a token): give only
+        // its class and place, and do not keep it as the source either.
         serde_json::from_slice(&self.body).map_err(|e| {
             malformed(
                 what,
@@ -133,10 +134,7 @@ impl Connection {
                 Err((e, retry_after)) => {
                     if !e.is_transient() || attempt >= attempts {
                         return Err(if attempt > 1 {
-                            ProviderError::new(
-                                e.kind(),
-                                format!("{} (after {attempt} attempts)", e.message()),
-                            )
+                            e.map_message(|m| format!("{m} (after {attempt} attempts)"))
                         } else {
                             e
                         });
@@ -183,7 +181,7 @@ impl Connection {
         let resp = req
             .send()
             .await
-            .map_err(|e| (transport_error(&what, &e), None))?;
+            .map_err(|e| (transport_error(&what, e), None))?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -198,7 +196,7 @@ impl Connection {
             .map(|l| server_text(l, body));
         let (bytes, cut) = read_bounded(resp)
             .await
-            .map_err(|e| (transport_error(&what, &e), None))?;
+            .map_err(|e| (transport_error(&what, e), None))?;
         if status.is_success() {
             if cut {
                 return Err((
@@ -454,7 +452,7 @@ pub(super) fn classify(status: StatusCode, errors: &[String], op: Op) -> K {
 }
 
 /// A failure before any HTTP status: refused connection, TLS, timeout.
-fn transport_error(what: &str, e: &reqwest::Error) -> ProviderError {
+fn transport_error(what: &str, e: reqwest::Error) -> ProviderError {
     let mut chain = Vec::new();
     let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
     while let Some(s) = src {
@@ -491,5 +489,5 @@ fn transport_error(what: &str, e: &reqwest::Error) -> ProviderError {
         },
         None,
     );
-    ProviderError::new(kind, format!("Transit {what}: {detail}{hint}"))
+    ProviderError::new(kind, format!("Transit {what}: {detail}{hint}")).with_source(e)
 }
