@@ -15,11 +15,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use byok::{
-    AccountId, AccountKey, AccountManager, AesKey, DataClass, Envelope, Identity, InMemoryVault,
-    KeyId, KeySource, KeySpec, NewAccount, Permissions, PlatformKey, Policy, PreparedKey,
-    VaultAdmin, VaultDirectory, VaultProperties, WrapAlgorithm,
+use byok::account::{DataClass, NewAccount, PlatformKey};
+use byok::envelope::{AccountKey, PreparedKey};
+use byok::provider::memory::InMemoryVault;
+use byok::provider::{
+    Identity, KeySpec, Permissions, VaultDirectory, VaultProperties, WrapAlgorithm,
 };
+use byok::{AccountId, AccountManager, AesKey, Envelope, KeyId, KeySource, Policy, VaultAdmin};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {
@@ -57,7 +59,7 @@ fn bench(c: &mut Criterion) {
             ),
             dir,
         )
-        .audit(Arc::new(byok::MemoryAuditSink::new()))
+        .audit(Arc::new(byok::audit::MemoryAuditSink::new()))
         .build();
         let key = KeyId::new("t.vault.example", "cmk", None).expect("key");
         for name in ["bench", "bench-2"] {

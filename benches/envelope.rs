@@ -7,7 +7,8 @@ use std::hint::black_box;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use byok::{AccountKey, AesKey, Envelope, PreparedKey};
+use byok::envelope::{AccountKey, PreparedKey};
+use byok::{AesKey, Envelope};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const SIZES: [(usize, &str); 4] = [

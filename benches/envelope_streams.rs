@@ -7,7 +7,8 @@
 use std::hint::black_box;
 use std::io::{Read, Write};
 
-use byok::{AccountKey, AesKey, Envelope, PreparedKey};
+use byok::envelope::{AccountKey, PreparedKey};
+use byok::{AesKey, Envelope};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

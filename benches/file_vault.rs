@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use byok::{
-    Argon2Params, FileVault, FileVaultOptions, Identity, InMemoryVault, KeyProvider, KeySpec,
-    Permissions, SecretString, VaultAdmin, VaultProperties, WrapAlgorithm,
-};
+use byok::provider::file::{Argon2Params, FileVault, FileVaultOptions};
+use byok::provider::memory::InMemoryVault;
+use byok::provider::{Identity, KeySpec, Permissions, VaultProperties, WrapAlgorithm};
+use byok::{KeyProvider, SecretString, VaultAdmin};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn unwrap(c: &mut Criterion) {
@@ -22,7 +22,7 @@ fn unwrap(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
     let props = VaultProperties::new("bench.vault.example", "westeurope", "t");
     // The KDF runs only at open; cheap parameters keep the set-up short.
-    let opts = FileVaultOptions::with_passphrase(SecretString::from("bench"))
+    let opts = FileVaultOptions::from_passphrase(SecretString::from("bench"))
         .argon2(Argon2Params::new(64, 1, 1));
     let file = FileVault::create(&dir, props.clone(), &opts).unwrap();
     let memory = InMemoryVault::new(props);

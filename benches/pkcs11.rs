@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use byok::{
-    Identity, InMemoryVault, KeyProvider, KeySpec, OaepHash, Permissions, Pkcs11Config,
-    Pkcs11Provider, VaultAdmin, VaultProperties, WrapAlgorithm,
-};
+use byok::provider::memory::InMemoryVault;
+use byok::provider::pkcs11::{Pkcs11Config, Pkcs11Provider};
+use byok::provider::{Identity, KeySpec, OaepHash, Permissions, VaultProperties, WrapAlgorithm};
+use byok::{KeyProvider, VaultAdmin};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 fn ensure_token_env() {
@@ -72,7 +72,7 @@ fn bench_unwrap(c: &mut Criterion) {
         .expect("runtime");
     let config = Pkcs11Config::from_env()
         .expect("BYOK_PKCS11_* variables")
-        .with_oaep_hash(OaepHash::Sha1);
+        .oaep_hash(OaepHash::Sha1);
     let hsm = rt
         .block_on(Pkcs11Provider::connect(config))
         .expect("connect to the token");

@@ -30,11 +30,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use byok::{
-    AccountId, AccountManager, AccountStore, ChangeListener, Error, KeySource, NewAccount, Policy,
-    PostgresAccountStore, PostgresStoreOptions, ProviderErrorKind, StateKind, StoreChange,
-    SystemClock,
+use byok::account::{NewAccount, StateKind};
+use byok::clock::SystemClock;
+use byok::store::{
+    AccountStore, ChangeListener, PostgresAccountStore, PostgresStoreOptions, StoreChange,
 };
+use byok::{AccountId, AccountManager, Error, KeySource, Policy, ProviderErrorKind};
 use common::{REGION, TENANT, World, class};
 
 /// One trial, in milliseconds (negative: B refused before A's `check` returned).
@@ -111,7 +112,7 @@ async fn run(url: &str, hinted_trials: usize, fallback_trials: usize) {
     let a = replica(
         &w,
         connect(url, PostgresStoreOptions::new()).await,
-        byok::DEFAULT_RECORD_MAX_AGE,
+        byok::account::DEFAULT_RECORD_MAX_AGE,
     );
     let key = w.cmk("propagation-key", 2048).await;
     let id = AccountId::new("propagation").expect("id");
@@ -208,7 +209,7 @@ impl Rig<'_> {
             limit,
         } = *self;
         w.faults.restore();
-        assert_eq!(a.check(id).await.expect("restore"), StateKind::Active);
+        assert_eq!(a.probe(id).await.expect("restore"), StateKind::Active);
         let deadline = Instant::now() + limit;
         while b.decrypt(id, b"o", obj).await.is_err() {
             assert!(Instant::now() < deadline, "B did not serve again");
@@ -246,7 +247,7 @@ impl Rig<'_> {
         tokio::time::sleep(settle).await;
         w.faults.cut(ProviderErrorKind::Forbidden);
         let started = Instant::now();
-        let r = a.check(id).await;
+        let r = a.probe(id).await;
         let committed = Instant::now();
         assert!(
             matches!(r, Err(Error::KeyInaccessible { .. })),

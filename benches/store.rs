@@ -12,16 +12,17 @@ mod pg_support;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use byok::{
-    AccountId, AccountRecord, AccountStore, InMemoryAccountStore, PostgresAccountStore,
-    SqliteAccountStore,
-};
+use byok::AccountId;
+use byok::account::AccountRecord;
+use byok::store::{AccountStore, InMemoryAccountStore, PostgresAccountStore, SqliteAccountStore};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// A realistic record: borrowed from a conformance run (records are built by the crate).
 async fn sample_record() -> AccountRecord {
     let scratch = InMemoryAccountStore::new();
-    byok::store_conformance::run(&scratch).await.assert_passed();
+    byok::testing::store_conformance::run(&scratch)
+        .await
+        .assert_passed();
     let mut r = scratch
         .list()
         .await

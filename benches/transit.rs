@@ -6,10 +6,11 @@
 
 use std::hint::black_box;
 
-use byok::{
-    Identity, InMemoryVault, KeyProvider, KeySpec, Permissions, SecretString, TransitAdmin,
-    TransitConfig, VaultAdmin, VaultProperties, WrapAlgorithm,
-};
+use byok::provider::ProviderFactory;
+use byok::provider::memory::InMemoryVault;
+use byok::provider::transit::{TransitAdmin, TransitConfig};
+use byok::provider::{Identity, KeySpec, Permissions, VaultProperties, WrapAlgorithm};
+use byok::{KeyProvider, SecretString, VaultAdmin};
 use criterion::{Criterion, Throughput};
 
 #[path = "../tests/transit_support/mod.rs"]

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use byok::{AccountKey, AesKey, Envelope, PreparedKey};
+use byok::envelope::{AccountKey, PreparedKey};
+use byok::{AesKey, Envelope};
 
 fn time<F: FnMut()>(iters: u32, mut f: F) -> Duration {
     let t = Instant::now();

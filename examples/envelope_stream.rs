@@ -11,7 +11,8 @@
 use std::io::{self, Read, Write};
 use std::thread;
 
-use byok::{AccountKey, AesKey, Envelope, PreparedKey};
+use byok::envelope::{AccountKey, PreparedKey};
+use byok::{AesKey, Envelope};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

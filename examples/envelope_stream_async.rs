@@ -8,7 +8,8 @@
 //!
 //! Arguments: size in MiB (default 1024), then `double` for two layers.
 
-use byok::{AccountKey, AesKey, Envelope, PreparedKey};
+use byok::envelope::{AccountKey, PreparedKey};
+use byok::{AesKey, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn peak_rss_kib() -> Option<u64> {

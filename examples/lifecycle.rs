@@ -6,11 +6,13 @@
 
 use std::sync::Arc;
 
-use byok::{
-    AccountId, AccountManager, DataClass, Identity, InMemoryVault, KeyId, KeySpec, MemoryAuditSink,
-    NewAccount, Operation, Permissions, PlatformKey, Policy, VaultAdmin, VaultDirectory,
-    VaultProperties, WrapAlgorithm,
+use byok::account::{DataClass, NewAccount, Operation, PlatformKey};
+use byok::audit::MemoryAuditSink;
+use byok::provider::memory::InMemoryVault;
+use byok::provider::{
+    Identity, KeySpec, Permissions, VaultDirectory, VaultProperties, WrapAlgorithm,
 };
+use byok::{AccountId, AccountManager, KeyId, Policy, VaultAdmin};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -115,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 4. The tenant revokes the service's access. The next probe observes it.
     tenant_vault.remove_identity(&uami).await?;
-    let probe = manager.check(&id).await;
+    let probe = manager.probe(&id).await;
     println!(
         "4. access revoked; probe says: {}",
         probe.err().map(|e| e.to_string()).unwrap_or_default()
@@ -137,7 +139,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Operation::AccountDelete,
         Operation::Processing,
     ] {
-        let verdict = match manager.authorize(&id, op).await {
+        let verdict = match manager.ensure_allowed(&id, op).await {
             Ok(()) => "allowed".to_owned(),
             Err(e) => format!("HTTP {}", e.http_status()),
         };
@@ -146,7 +148,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 5. The tenant restores access; the next probe restores the account.
     tenant_vault.set_access(&uami, Permissions::CMK).await?;
-    let state = manager.check(&id).await?;
+    let state = manager.probe(&id).await?;
     println!("5. access restored; state {state}");
     assert_eq!(
         manager.decrypt(&id, b"assets/intro.mp4", &asset).await?,
@@ -165,7 +167,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for e in audit
         .events()
         .iter()
-        .filter(|e| !matches!(e.action, byok::AuditAction::Unwrap))
+        .filter(|e| !matches!(e.action, byok::audit::AuditAction::Unwrap))
     {
         println!(
             "   {:?} {:?} key={}",

@@ -3,10 +3,9 @@
 //!
 //! Run: `cargo run --example quickstart`
 
-use byok::{
-    AesKey, Identity, InMemoryVault, KeyProvider, KeySpec, Permissions, ProviderErrorKind,
-    VaultAdmin, VaultProperties, WrapAlgorithm,
-};
+use byok::provider::memory::InMemoryVault;
+use byok::provider::{Identity, KeySpec, Permissions, VaultProperties, WrapAlgorithm};
+use byok::{AesKey, KeyProvider, ProviderErrorKind, VaultAdmin};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

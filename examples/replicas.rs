@@ -8,11 +8,13 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use byok::{
-    AccountId, AccountManager, AccountStore, ChangeListener, DataClass, Error, Identity,
-    InMemoryVault, KeyId, KeySource, KeySpec, NewAccount, Permissions, PlatformKey, Policy,
-    PostgresAccountStore, StoreChange, VaultAdmin, VaultDirectory, VaultProperties, WrapAlgorithm,
+use byok::account::{DataClass, NewAccount, PlatformKey};
+use byok::provider::memory::InMemoryVault;
+use byok::provider::{
+    Identity, KeySpec, Permissions, VaultDirectory, VaultProperties, WrapAlgorithm,
 };
+use byok::store::{AccountStore, ChangeListener, PostgresAccountStore, StoreChange};
+use byok::{AccountId, AccountManager, Error, KeyId, KeySource, Policy, VaultAdmin};
 use tokio::sync::Notify;
 
 #[tokio::main]
@@ -77,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The tenant revokes the service's access. A's probe observes it and commits it.
     tenant.remove_identity(&uami).await?;
     let started = Instant::now();
-    match a.check(&id).await {
+    match a.probe(&id).await {
         Err(e) => println!("tenant revoked access; A's check says: {e}"),
         Ok(state) => return Err(format!("A's check still says {state}").into()),
     }

@@ -50,6 +50,7 @@ pub enum AuditAction {
 
 /// How it ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum AuditOutcome {
     /// It worked.
     Success,
@@ -109,6 +110,10 @@ impl AuditSink for MemoryAuditSink {
 /// Emits each event as a `tracing` event at INFO (failures and denials at WARN) with target
 /// `byok::audit`.
 #[derive(Debug, Default, Clone, Copy)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a stateless unit value, and it stays one"
+)]
 pub struct TracingAuditSink;
 
 impl AuditSink for TracingAuditSink {

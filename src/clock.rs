@@ -1,9 +1,11 @@
 //! Time, injectable so that retention periods and cache ages are testable.
 
 use core::fmt;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+#[cfg(any(test, feature = "testing"))]
+use std::sync::{Arc, Mutex};
+#[cfg(any(test, feature = "testing"))]
+use std::time::Duration;
+use std::time::SystemTime;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -13,6 +15,10 @@ pub trait Clock: Send + Sync + fmt::Debug {
 
 /// The system clock.
 #[derive(Clone, Copy, Debug, Default)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a stateless unit value, and it stays one"
+)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
@@ -21,10 +27,13 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when told to; clones share the same time.
+/// A clock that only moves when told to; clones share the same time (feature `testing`:
+/// `byok::testing::ManualClock`).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Clone, Debug)]
 pub struct ManualClock(Arc<Mutex<SystemTime>>);
 
+#[cfg(any(test, feature = "testing"))]
 impl ManualClock {
     /// A clock standing at `start`.
     pub fn new(start: SystemTime) -> Self {
@@ -38,12 +47,14 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Default for ManualClock {
     fn default() -> Self {
         Self::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())

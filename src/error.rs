@@ -210,7 +210,7 @@ impl Error {
     }
 
     /// The crate's error behind an [`std::io::Error`] of a streaming API: the byok [`Error`]
-    /// a [`SealWriter`](crate::SealWriter) or [`OpenReader`](crate::OpenReader) reported
+    /// a [`SealWriter`](crate::envelope::SealWriter) or [`OpenReader`](crate::envelope::OpenReader) reported
     /// through `io::Error` (e.g. [`Error::Decryption`], [`Error::KeyInaccessible`]), else
     /// [`Error::Io`] with the I/O error itself.
     pub fn from_io(e: std::io::Error) -> Self {

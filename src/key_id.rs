@@ -31,7 +31,7 @@ use crate::error::Error;
 ///
 /// Azure Key Vault key names are case-insensitive, so `…/keys/CMK` and `…/keys/cmk` name
 /// the same key. A `KeyId` keeps the name in lower case (`CMK` parses, compares and prints as
-/// `cmk`), and the software vaults ([`crate::InMemoryVault`], [`crate::FileVault`]) look
+/// `cmk`), and the software vaults ([`crate::provider::memory::InMemoryVault`], [`crate::provider::file::FileVault`]) look
 /// names up case-insensitively (a key created as `CMK` is the key `cmk`). Backends whose
 /// names are case-sensitive (OpenBao/Vault Transit, PKCS#11 labels) are reached with the
 /// lower-case name: name their keys in lower case. Versions are opaque and kept as written.

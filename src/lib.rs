@@ -1,38 +1,48 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod account;
-mod audit;
-mod clock;
+//! # Where things live
+//!
+//! The root holds what nearly every user names; everything else is in a module named after its
+//! concept.
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`account`] | [`AccountManager`] and its builder, accounts' records, states, policies and data classes: the customer-managed-key lifecycle (`docs/ACCOUNTS.md`) |
+//! | [`store`] | where account records live: the [`AccountStore`](store::AccountStore) interface, the in-memory, PostgreSQL and SQLite stores (`docs/STORES.md`) |
+//! | [`envelope`] | the object format: [`Envelope`], streaming readers and writers, sealed fields, inspection (`docs/FORMAT.md`) |
+//! | [`provider`] | where keys live: [`KeyProvider`], [`VaultAdmin`], key and vault types, the resolver; one submodule per backend (`memory`, `file`, `pkcs11`, `transit`) |
+//! | [`audit`] | audit events and sinks |
+//! | [`clock`] | the injectable clock |
+//! | `testing` (feature `testing`) | test aids: the provider and store conformance suites, a fault-injecting provider, a manual clock, deterministic vaults |
+//!
+//! The crypto core (`src/crypto/`) is private: every primitive the crate uses is called there
+//! and nowhere else.
+
+pub mod account;
+pub mod audit;
+pub mod clock;
 mod crypto;
-mod envelope;
+pub mod envelope;
 mod error;
 mod key_id;
-mod provider;
+pub mod provider;
 mod secret;
-mod stores;
+pub mod store;
+#[cfg(any(test, feature = "testing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod util;
 
-// The public interface is:
-pub use crate::account::data::ObjectKeys;
-pub use crate::account::policy::{DataClass, DoubleEncryption, Operation, Policy, PolicyBuilder};
-pub use crate::account::record::{
-    AccountId, AccountRecord, AccountState, KeyRole, KeySource, RECORD_FORMAT, StateKind,
-    WrappedAccountKey,
-};
-pub use crate::account::store::{
-    AccountStore, ChangeListener, InMemoryAccountStore, KeyResolver, StoreChange, VaultDirectory,
-};
-pub use crate::account::{
-    AccountManager, AccountManagerBuilder, DEFAULT_FAILURE_WINDOW, DEFAULT_MONITOR_CONCURRENCY,
-    DEFAULT_RECORD_MAX_AGE, MonitorEntry, NewAccount, PlatformKey,
-};
-pub use crate::audit::{
-    AuditAction, AuditEvent, AuditOutcome, AuditSink, MemoryAuditSink, TracingAuditSink,
-};
-pub use crate::clock::{Clock, ManualClock, SystemClock};
-pub use crate::crypto::{OaepHash, RsaPublic};
+pub use crate::account::{AccountId, AccountManager, KeySource, Policy};
+pub use crate::envelope::Envelope;
+pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
+pub use crate::key_id::KeyId;
+pub use crate::provider::{KeyProvider, VaultAdmin};
+pub use crate::secret::{AES_256_KEY_LEN, AesKey, SecretBytes, SecretString};
+
 /// Fuzzing entry points (only with `--cfg fuzzing`, as cargo-fuzz builds; see `fuzz/README.md`).
 /// Not part of the API.
 #[cfg(fuzzing)]
@@ -41,45 +51,4 @@ pub mod fuzzing {
     pub use crate::envelope::fuzzing::*;
     #[cfg(unix)]
     pub use crate::provider::file::fuzzing::fuzz_vault_records;
-}
-pub use crate::envelope::{
-    AccountKey, Bounded, Envelope, FormatError, HeaderInfo, LayerKeyInfo, MAX_FIELD_LEN,
-    MAX_HEADER_LEN, OpenHeader, OpenReader, PreparedKey, SealWriter, field_key_version, inspect,
-    inspect_reader,
-};
-#[cfg(feature = "tokio")]
-pub use crate::envelope::{AsyncOpenReader, AsyncSealWriter};
-pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
-pub use crate::key_id::KeyId;
-pub use crate::provider::fault::{FaultInjector, ProviderOp};
-#[cfg(unix)]
-pub use crate::provider::file::{Argon2Params, FileProvider, FileVault, FileVaultOptions};
-pub use crate::provider::memory::{InMemoryProvider, InMemoryVault};
-#[cfg(feature = "pkcs11")]
-pub use crate::provider::pkcs11::{Pkcs11Config, Pkcs11Provider};
-#[cfg(feature = "transit")]
-pub use crate::provider::transit::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider};
-pub use crate::provider::{
-    AdminCapabilities, Identity, KeyOperation, KeyProperties, KeyProvider, KeySpec, KeyType,
-    Permissions, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
-};
-pub use crate::secret::{AES_256_KEY_LEN, AesKey, SecretBytes, SecretString};
-#[cfg(feature = "postgres")]
-pub use crate::stores::postgres::{PostgresAccountStore, PostgresStoreOptions};
-#[cfg(feature = "sqlite")]
-pub use crate::stores::sqlite::SqliteAccountStore;
-
-/// The provider conformance suite (feature `testing`): run it against your own
-/// [`KeyProvider`] + [`VaultAdmin`] to check it behaves like every bundled provider.
-#[cfg(any(test, feature = "testing"))]
-pub mod conformance {
-    pub use crate::provider::conformance::{ConformanceReport, Outcome, run};
-}
-
-/// The account store conformance suite (feature `testing`): run it against your own
-/// [`AccountStore`] to check it behaves like every bundled store.
-#[cfg(any(test, feature = "testing"))]
-pub mod store_conformance {
-    pub use crate::provider::conformance::Outcome;
-    pub use crate::stores::conformance::{StoreConformanceReport, run};
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use byok::{
-    AccountRecord, AccountStore, AuditAction, Error, InMemoryAccountStore, KeySource, NewAccount,
-    Operation, Policy, ProviderErrorKind, StateKind, VaultAdmin,
-};
+use byok::account::{AccountRecord, NewAccount, Operation, StateKind};
+use byok::audit::AuditAction;
+use byok::store::{AccountStore, InMemoryAccountStore};
+use byok::{Error, KeySource, Policy, ProviderErrorKind, VaultAdmin};
 use common::{World, class};
 
 async fn cmk_account(w: &World, id: &str, policy: Policy) -> byok::AccountId {
@@ -67,32 +67,32 @@ async fn the_manager_performs_exactly_the_allowed_transitions() {
     );
     // KeyInaccessible -> KeyInaccessible is not a transition: a second failure keeps `since`.
     let since = match w.manager.account(&id).await.expect("get").state {
-        byok::AccountState::KeyInaccessible { since, .. } => since,
+        byok::account::AccountState::KeyInaccessible { since, .. } => since,
         s => panic!("{s:?}"),
     };
     w.clock.advance(Duration::from_secs(60));
     assert!(matches!(
-        w.manager.check(&id).await,
+        w.manager.probe(&id).await,
         Err(Error::KeyInaccessible { .. })
     ));
     match w.manager.account(&id).await.expect("get").state {
-        byok::AccountState::KeyInaccessible { since: s2, .. } => assert_eq!(s2, since),
+        byok::account::AccountState::KeyInaccessible { since: s2, .. } => assert_eq!(s2, since),
         s => panic!("{s:?}"),
     }
     // KeyInaccessible -> Active
     w.vault
-        .set_access(&w.identity, byok::Permissions::CMK)
+        .set_access(&w.identity, byok::provider::Permissions::CMK)
         .await
         .expect("restore");
     assert_eq!(
-        w.manager.check(&id).await.expect("check"),
+        w.manager.probe(&id).await.expect("check"),
         StateKind::Active
     );
     // Active -> Deleted
     w.manager.delete_account(&id).await.expect("delete");
     // Deleted -> anything: refused.
     assert!(matches!(
-        w.manager.check(&id).await,
+        w.manager.probe(&id).await,
         Err(Error::AccountNotFound(_))
     ));
     assert!(matches!(
@@ -111,7 +111,7 @@ async fn the_manager_performs_exactly_the_allowed_transitions() {
     let id2 = cmk_account(&w, "walk2", Policy::video_analyzer()).await;
     w.vault.remove_identity(&w.identity).await.expect("revoke");
     assert!(matches!(
-        w.manager.check(&id2).await,
+        w.manager.probe(&id2).await,
         Err(Error::KeyInaccessible { .. })
     ));
     w.manager
@@ -194,7 +194,7 @@ async fn transient_failures_never_change_the_state() {
         b"data"
     );
     assert!(matches!(
-        w.manager.check(&id).await,
+        w.manager.probe(&id).await,
         Err(Error::Unavailable { .. })
     ));
     assert_eq!(
@@ -224,7 +224,7 @@ async fn transient_failures_never_change_the_state() {
     w.faults.restore();
     // A transient failure is shared for the failure window (one provider call per outage
     // attempt, not one per caller); past it the provider is asked again.
-    w.clock.advance(byok::DEFAULT_FAILURE_WINDOW);
+    w.clock.advance(byok::account::DEFAULT_FAILURE_WINDOW);
     assert_eq!(
         w.manager.decrypt(&id, b"o", &obj).await.expect("back"),
         b"data"
@@ -265,7 +265,7 @@ async fn stale_revisions_conflict_and_records_round_trip() {
     assert!(!json.contains("BEGIN"), "no key material in records");
     let back: AccountRecord = serde_json::from_str(&json).expect("deserialize");
     assert_eq!(back, rec);
-    assert_eq!(back.format, byok::RECORD_FORMAT);
+    assert_eq!(back.format, byok::account::RECORD_FORMAT);
     store.create(&rec).await.expect("create");
     assert!(matches!(store.create(&rec).await, Err(Error::Conflict(_))));
     let mut a = rec.clone();
@@ -291,7 +291,7 @@ trait TestPolicies {
 impl TestPolicies for Policy {
     fn storage_like_for_tests() -> Policy {
         Policy::builder("records")
-            .double_encryption(byok::DoubleEncryption::Always)
+            .double_encryption(byok::account::DoubleEncryption::Always)
             .build()
     }
 }
@@ -380,18 +380,18 @@ async fn revocation_and_rotation_under_concurrent_load() {
     tokio::time::sleep(Duration::from_millis(30)).await;
     vault.remove_identity(&w.identity).await.expect("revoke");
     assert!(matches!(
-        w.manager.check(&id).await,
+        w.manager.probe(&id).await,
         Err(Error::KeyInaccessible { .. })
     ));
     revoked.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(50)).await;
     restoring.store(true, Ordering::SeqCst);
     vault
-        .set_access(&w.identity, byok::Permissions::CMK)
+        .set_access(&w.identity, byok::provider::Permissions::CMK)
         .await
         .expect("restore");
     assert_eq!(
-        w.manager.check(&id).await.expect("restored"),
+        w.manager.probe(&id).await.expect("restored"),
         StateKind::Active
     );
     revoked.store(false, Ordering::SeqCst);
@@ -419,7 +419,7 @@ async fn revocation_and_rotation_under_concurrent_load() {
     let rec = w.manager.account(&id).await.expect("get");
     assert_eq!(rec.account_key.expect("key").wrapped.key_version, "4");
     assert!(matches!(
-        w.manager.authorize(&id, Operation::DataRead).await,
+        w.manager.ensure_allowed(&id, Operation::DataRead).await,
         Ok(())
     ));
 }
@@ -521,22 +521,22 @@ async fn equivalent_key_uris_are_one_key() {
 #[tokio::test]
 async fn platform_key_failures_are_the_services_fault() {
     let w = World::new().await;
-    let service = byok::Identity::new("service");
+    let service = byok::provider::Identity::new("service");
     let platform = common::vault("platform2.internal", common::REGION, "op", 9, &w.clock);
     platform
-        .create_key("platform-kek", byok::KeySpec::Aes256)
+        .create_key("platform-kek", byok::provider::KeySpec::Aes256)
         .await
         .expect("key");
     platform
-        .set_access(&service, byok::Permissions::CMK)
+        .set_access(&service, byok::provider::Permissions::CMK)
         .await
         .expect("grant");
-    let faults = byok::FaultInjector::new(Arc::new(platform.provider(&service)), 7);
+    let faults = byok::testing::FaultInjector::new(Arc::new(platform.provider(&service)), 7);
     let manager = byok::AccountManager::builder(
-        byok::PlatformKey::new(
+        byok::account::PlatformKey::new(
             Arc::new(faults.clone()),
             "platform-kek",
-            byok::WrapAlgorithm::A256Kw,
+            byok::provider::WrapAlgorithm::A256Kw,
         ),
         w.directory.clone(),
     )
@@ -596,7 +596,7 @@ async fn platform_key_failures_are_the_services_fault() {
         .expect_err("timeout");
     assert_eq!(e.http_status(), 503, "{e}");
     faults.restore();
-    w.clock.advance(byok::DEFAULT_FAILURE_WINDOW);
+    w.clock.advance(byok::account::DEFAULT_FAILURE_WINDOW);
     assert_eq!(
         manager.decrypt(&record.id, b"o", &obj).await.expect("back"),
         b"data"
@@ -652,7 +652,7 @@ async fn audit_events_are_typed() {
     let rec = w.manager.account(&id).await.expect("get");
     assert!(matches!(
         rec.state,
-        byok::AccountState::KeyInaccessible {
+        byok::account::AccountState::KeyInaccessible {
             kind: Some(ProviderErrorKind::Forbidden),
             ..
         }

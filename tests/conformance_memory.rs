@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use byok::conformance::{self, Outcome};
-use byok::{
-    AdminCapabilities, Identity, InMemoryVault, KeyProperties, KeyProvider, KeySpec, Permissions,
-    ProviderError, ProviderErrorKind, SecretBytes, VaultAdmin, VaultProperties, WrapAlgorithm,
-    WrappedKey,
+use byok::provider::memory::InMemoryVault;
+use byok::provider::{
+    AdminCapabilities, Identity, KeyProperties, KeySpec, Permissions, ProviderFactory,
+    VaultProperties, WrapAlgorithm, WrappedKey,
 };
+use byok::testing::provider_conformance::{self as conformance, Outcome};
+use byok::{KeyProvider, ProviderError, ProviderErrorKind, SecretBytes, VaultAdmin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_vault_with_purge_protection() {
@@ -26,7 +27,7 @@ async fn in_memory_vault_with_purge_protection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_vault_without_purge_protection() {
     let props =
-        VaultProperties::new("conf2.vault.example", "westeurope", "t").with_protection(true, false);
+        VaultProperties::new("conf2.vault.example", "westeurope", "t").protection(true, false);
     let report = conformance::run(&InMemoryVault::new(props)).await;
     report.assert_passed();
 }
@@ -130,6 +131,10 @@ impl VaultAdmin for Broken {
     async fn remove_identity(&self, i: &Identity) -> Result<(), ProviderError> {
         self.vault.remove_identity(i).await
     }
+}
+
+#[async_trait]
+impl ProviderFactory for Broken {
     async fn provider_for(&self, i: &Identity) -> Result<Arc<dyn KeyProvider>, ProviderError> {
         let owner = Identity::new("owner");
         self.vault.set_access(&owner, Permissions::CMK).await?;

@@ -12,7 +12,8 @@
 use std::io::Read;
 use std::path::PathBuf;
 
-use byok::{AccountKey, AesKey, Envelope, PreparedKey};
+use byok::envelope::{AccountKey, PreparedKey};
+use byok::{AesKey, Envelope};
 
 fn keys() -> (PreparedKey, PreparedKey) {
     let k = |id: &str, v, b| {
@@ -114,7 +115,7 @@ fn golden_objects_open() {
             .read_to_end(&mut streamed)
             .unwrap();
         assert_eq!(streamed, case.plaintext);
-        let info = byok::inspect(&obj).unwrap();
+        let info = byok::envelope::inspect(&obj).unwrap();
         assert_eq!(info.format_version, 1);
         assert_eq!(info.account_id, "acct-golden");
         assert_eq!(
@@ -143,7 +144,7 @@ fn golden_sealed_field_v1_opens() {
     let sealed = std::fs::read(path("field_v1.bin")).unwrap();
     assert_eq!(sealed[0], 1);
     assert_eq!(k1.open_field(FIELD_CONTEXT, &sealed).unwrap(), FIELD);
-    assert_eq!(byok::field_key_version(&sealed).unwrap(), 1);
+    assert_eq!(byok::envelope::field_key_version(&sealed).unwrap(), 1);
     assert!(matches!(
         k1.open_field(b"contentKeyPolicy/8/option/0", &sealed),
         Err(byok::Error::Decryption)
@@ -164,7 +165,7 @@ fn golden_sealed_field_v2_opens() {
     let sealed = std::fs::read(path("field_v2.bin")).unwrap();
     assert_eq!(sealed[0], 2);
     assert_eq!(k1.open_field(FIELD_CONTEXT, &sealed).unwrap(), FIELD);
-    assert_eq!(byok::field_key_version(&sealed).unwrap(), 1);
+    assert_eq!(byok::envelope::field_key_version(&sealed).unwrap(), 1);
     assert!(matches!(
         k1.open_field(b"contentKeyPolicy/8/option/0", &sealed),
         Err(byok::Error::Decryption)
@@ -186,7 +187,7 @@ fn negative_vectors_fail_as_listed() {
         let mut cols = line.split('\t');
         let (file, inspect, why) = (cols.next().unwrap(), cols.next().unwrap(), cols.next());
         let obj = std::fs::read(path(&format!("fail/{file}"))).unwrap();
-        let inspected = match byok::inspect(&obj) {
+        let inspected = match byok::envelope::inspect(&obj) {
             Ok(_) => "ok".to_owned(),
             Err(byok::Error::Format(e)) => format!("{e:?}"),
             Err(other) => panic!("{file}: inspect gave a non-format error {other:?}"),

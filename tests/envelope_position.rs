@@ -8,9 +8,8 @@ mod common;
 
 use std::io::{self, Cursor, Read, Seek, SeekFrom};
 
-use byok::{
-    AccountKey, AesKey, Bounded, Envelope, Error, FormatError, OpenHeader, Policy, PreparedKey,
-};
+use byok::envelope::{AccountKey, Bounded, FormatError, OpenHeader, PreparedKey};
+use byok::{AesKey, Envelope, Error, Policy};
 use common::{World, class};
 
 const CHUNK: usize = 64;
@@ -351,7 +350,7 @@ async fn decrypt_reader_starts_at_the_given_position_on_any_reader() {
     // Tampering in the second chunk: only the first chunk (authenticated) comes out.
     let mut bad = b.clone();
     let hlen = OpenHeader::read(b.as_slice()).unwrap().header_bytes().len();
-    let tags = if byok::inspect(&b).unwrap().layer2_key.is_some() {
+    let tags = if byok::envelope::inspect(&b).unwrap().layer2_key.is_some() {
         32
     } else {
         16
@@ -490,7 +489,7 @@ fn inspection_and_seeking_read_only_what_they_need() {
     let read = std::rc::Rc::new(std::cell::Cell::new(0));
     let mut cur = Cursor::new(&l.file);
     cur.set_position(l.b_at as u64);
-    let info = byok::inspect_reader(Counting {
+    let info = byok::envelope::inspect_reader(Counting {
         inner: &mut cur,
         read: read.clone(),
     })

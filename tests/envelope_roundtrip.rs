@@ -4,7 +4,8 @@
 
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 
-use byok::{AccountKey, AesKey, Envelope, Error, FormatError, PreparedKey};
+use byok::envelope::{AccountKey, FormatError, PreparedKey};
+use byok::{AesKey, Envelope, Error};
 
 fn key(account: &str, id: &str, version: u32, byte: u8) -> PreparedKey {
     let ak = AccountKey::new(id, version, AesKey::from_bytes([byte; 32])).unwrap();
@@ -86,12 +87,12 @@ fn default_chunks_and_layer_overhead() {
     assert_eq!(env.chunk_size(), 64 * 1024);
     let pt = data(200 * 1024 + 3);
     let obj = env.seal(b"", &pt).unwrap();
-    let h = byok::inspect(&obj).unwrap().header_len;
+    let h = byok::envelope::inspect(&obj).unwrap().header_len;
     assert_eq!(obj.len(), h + pt.len() + 4 * 16);
     assert_eq!(env.open(b"", &obj).unwrap(), pt);
     let env2 = env.with_layer2(&k2).unwrap();
     let obj2 = env2.seal(b"", &pt).unwrap();
-    let h2 = byok::inspect(&obj2).unwrap().header_len;
+    let h2 = byok::envelope::inspect(&obj2).unwrap().header_len;
     assert_eq!(obj2.len(), h2 + pt.len() + 4 * 32);
     assert_eq!(env2.open(b"", &obj2).unwrap(), pt);
     // A double-layer envelope still opens single-layer objects written before.
@@ -138,7 +139,7 @@ fn ranged_reads_match_and_read_only_covering_chunks() {
     for env in [single, single.with_layer2(&k2).unwrap()] {
         let pt = data(64 * 4 + 10);
         let obj = env.seal(b"r", &pt).unwrap();
-        let info = byok::inspect(&obj).unwrap();
+        let info = byok::envelope::inspect(&obj).unwrap();
         let tags = if info.layer2_key.is_some() { 32 } else { 16 };
         let n = pt.len() as u64;
         for a in 0..=n {
@@ -191,7 +192,7 @@ fn inspection_without_keys() {
         .unwrap()
         .seal(b"", b"x")
         .unwrap();
-    let info = byok::inspect(&obj).unwrap();
+    let info = byok::envelope::inspect(&obj).unwrap();
     assert_eq!(info.format_version, 1);
     assert_eq!(info.account_id, "tenant-7");
     assert_eq!(info.account_key.id, "account-key-3");
@@ -199,22 +200,34 @@ fn inspection_without_keys() {
     let l2 = info.layer2_key.clone().unwrap();
     assert_eq!((l2.id.as_str(), l2.version), ("infra-ak", 12));
     assert_eq!(info.chunk_size, 65536);
-    assert_eq!(byok::inspect(&obj[..info.header_len]).unwrap(), info);
-    assert_eq!(byok::inspect_reader(Cursor::new(&obj)).unwrap(), info);
+    assert_eq!(
+        byok::envelope::inspect(&obj[..info.header_len]).unwrap(),
+        info
+    );
+    assert_eq!(
+        byok::envelope::inspect_reader(Cursor::new(&obj)).unwrap(),
+        info
+    );
 
-    let fmt = |r: Result<byok::HeaderInfo, Error>| match r {
+    let fmt = |r: Result<byok::envelope::HeaderInfo, Error>| match r {
         Err(Error::Format(f)) => f,
         other => panic!("{other:?}"),
     };
-    assert_eq!(fmt(byok::inspect(b"GIF89a...")), FormatError::BadMagic);
     assert_eq!(
-        fmt(byok::inspect(&obj[..info.header_len - 1])),
+        fmt(byok::envelope::inspect(b"GIF89a...")),
+        FormatError::BadMagic
+    );
+    assert_eq!(
+        fmt(byok::envelope::inspect(&obj[..info.header_len - 1])),
         FormatError::Truncated
     );
     let mut v2 = obj.clone();
     v2[4] = 2;
-    assert_eq!(fmt(byok::inspect(&v2)), FormatError::UnknownVersion(2));
-    let e = byok::inspect_reader(Cursor::new(&v2)).unwrap_err();
+    assert_eq!(
+        fmt(byok::envelope::inspect(&v2)),
+        FormatError::UnknownVersion(2)
+    );
+    let e = byok::envelope::inspect_reader(Cursor::new(&v2)).unwrap_err();
     assert!(matches!(
         inner_error(&e),
         Error::Format(FormatError::UnknownVersion(2))
@@ -222,10 +235,10 @@ fn inspection_without_keys() {
     let mut huge = obj.clone();
     huge[8] = 0xFF;
     assert!(matches!(
-        fmt(byok::inspect(&huge)),
+        fmt(byok::envelope::inspect(&huge)),
         FormatError::HeaderTooLong(_)
     ));
-    let e = byok::inspect_reader(Cursor::new(&obj[..20])).unwrap_err();
+    let e = byok::envelope::inspect_reader(Cursor::new(&obj[..20])).unwrap_err();
     assert!(matches!(
         inner_error(&e),
         Error::Format(FormatError::Truncated)
@@ -280,7 +293,7 @@ fn configuration_errors() {
     let (l1, l2) = (long("k", 1), long("j", 2));
     let env = Envelope::new(&l1).with_layer2(&l2).unwrap();
     let obj = env.seal(b"", b"max").unwrap();
-    assert!(byok::inspect(&obj).unwrap().header_len <= byok::MAX_HEADER_LEN);
+    assert!(byok::envelope::inspect(&obj).unwrap().header_len <= byok::envelope::MAX_HEADER_LEN);
     assert_eq!(env.open(b"", &obj).unwrap(), b"max");
     // Debug output never shows key material.
     let shown = format!("{ak:?} {l1:?} {env:?}");
@@ -300,7 +313,7 @@ fn sealed_fields_bind_account_field_and_version() {
         k.open_field(b"policy/contentKey", &s).unwrap(),
         b"{\"keys\":[1,2]}"
     );
-    assert_eq!(byok::field_key_version(&s).unwrap(), 5);
+    assert_eq!(byok::envelope::field_key_version(&s).unwrap(), 5);
     assert_ne!(
         s,
         k.seal_field(b"policy/contentKey", b"{\"keys\":[1,2]}")
@@ -324,7 +337,7 @@ fn sealed_fields_bind_account_field_and_version() {
     let empty = k.seal_field(b"f", b"").unwrap();
     assert_eq!(k.open_field(b"f", &empty).unwrap(), b"");
     assert!(matches!(
-        k.seal_field(b"f", &vec![0; byok::MAX_FIELD_LEN + 1]),
+        k.seal_field(b"f", &vec![0; byok::envelope::MAX_FIELD_LEN + 1]),
         Err(Error::InvalidInput(_))
     ));
 }
@@ -334,8 +347,8 @@ fn prepared_keys_can_be_shared_across_threads() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<PreparedKey>();
     send_sync::<Envelope<'static>>();
-    send_sync::<byok::SealWriter<Vec<u8>>>();
-    send_sync::<byok::OpenReader<&'static [u8]>>();
+    send_sync::<byok::envelope::SealWriter<Vec<u8>>>();
+    send_sync::<byok::envelope::OpenReader<&'static [u8]>>();
     let k = std::sync::Arc::new(key("t", "ak", 1, 1));
     let handles: Vec<_> = (0..4)
         .map(|i| {

@@ -6,7 +6,8 @@
 
 use std::io::Read;
 
-use byok::{AccountKey, AesKey, Envelope, Error, PreparedKey};
+use byok::envelope::{AccountKey, PreparedKey};
+use byok::{AesKey, Envelope, Error};
 
 fn key(account: &str, id: &str, version: u32, byte: u8) -> PreparedKey {
     let ak = AccountKey::new(id, version, AesKey::from_bytes([byte; 32])).unwrap();
@@ -58,7 +59,7 @@ fn every_bit_flip_and_truncation_of_a_small_object_fails() {
                 let leaked = refused(&env, b"ctx", &t);
                 // Only chunks that authenticated may come out, and a flip in chunk 0 or the
                 // header (which every chunk binds) leaves nothing.
-                let h = byok::inspect(&obj).unwrap().header_len;
+                let h = byok::envelope::inspect(&obj).unwrap().header_len;
                 if bit / 8 < h + 64 {
                     assert!(leaked.is_empty(), "bit {bit} leaked {} bytes", leaked.len());
                 } else {
@@ -86,7 +87,7 @@ fn chunk_reorder_duplicate_drop_and_append_are_detected() {
     for env in envelopes(&k1, &k2) {
         let pt = data(64 * 4 + 20);
         let obj = env.seal(b"ctx", &pt).unwrap();
-        let info = byok::inspect(&obj).unwrap();
+        let info = byok::envelope::inspect(&obj).unwrap();
         let h = info.header_len;
         let full = 64 + if info.layer2_key.is_some() { 32 } else { 16 };
         let chunks: Vec<&[u8]> = obj[h..].chunks(full).collect();
@@ -129,7 +130,7 @@ fn streaming_reader_never_releases_an_unauthenticated_chunk() {
     for env in envelopes(&k1, &k2) {
         let pt = data(64 * 4);
         let obj = env.seal(b"ctx", &pt).unwrap();
-        let info = byok::inspect(&obj).unwrap();
+        let info = byok::envelope::inspect(&obj).unwrap();
         let full = 64 + if info.layer2_key.is_some() { 32 } else { 16 };
         // Damage the last byte of chunk 2: exactly chunks 0 and 1 come out.
         let mut t = obj.clone();
@@ -155,7 +156,7 @@ fn header_swaps_between_objects_and_accounts_fail() {
     for env in envelopes(&k1, &k2) {
         let a = env.seal(b"ctx", &data(100)).unwrap();
         let b = env.seal(b"ctx", &data(100)).unwrap();
-        let h = byok::inspect(&a).unwrap().header_len;
+        let h = byok::envelope::inspect(&a).unwrap().header_len;
         let mut swapped = a[..h].to_vec();
         swapped.extend_from_slice(&b[h..]);
         refused(&env, b"ctx", &swapped);
@@ -190,19 +191,19 @@ fn second_layer_cannot_be_dropped_or_skipped() {
     let wrong2 = key("t", "infra", 3, 2);
     refused(&single.with_layer2(&wrong2).unwrap(), b"ctx", &obj);
     // Clearing the flag and cutting the layer-2 fields out of the header.
-    let info = byok::inspect(&obj).unwrap();
+    let info = byok::envelope::inspect(&obj).unwrap();
     let l2_len = 1 + "infra".len() + 4 + 40 + 32;
     let mut cut = obj[..info.header_len - l2_len].to_vec();
     cut[5] = 0;
     let new_len = (cut.len() as u16).to_be_bytes();
     cut[8..10].copy_from_slice(&new_len);
-    assert!(byok::inspect(&cut).unwrap().layer2_key.is_none());
+    assert!(byok::envelope::inspect(&cut).unwrap().layer2_key.is_none());
     cut.extend_from_slice(&obj[info.header_len..]);
     refused(&single, b"ctx", &cut);
     refused(&double, b"ctx", &cut);
     // Without the chunks' second tag, too.
     let mut cut2 = cut[..cut.len() - 16].to_vec();
     refused(&double, b"ctx", &cut2);
-    cut2.truncate(byok::inspect(&cut).unwrap().header_len);
+    cut2.truncate(byok::envelope::inspect(&cut).unwrap().header_len);
     refused(&single, b"ctx", &cut2);
 }

@@ -9,19 +9,20 @@ use std::process::Command;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use byok::conformance;
-use byok::{
-    AdminCapabilities, Argon2Params, FileVault, FileVaultOptions, Identity, KeyProperties,
-    KeyProvider, KeySpec, Permissions, ProviderError, ProviderErrorKind as K, SecretString,
-    VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
+use byok::provider::file::{Argon2Params, FileVault, FileVaultOptions};
+use byok::provider::{
+    AdminCapabilities, Identity, KeyProperties, KeySpec, Permissions, ProviderFactory,
+    VaultProperties, WrapAlgorithm, WrappedKey,
 };
+use byok::testing::provider_conformance as conformance;
+use byok::{KeyProvider, ProviderError, ProviderErrorKind as K, SecretString, VaultAdmin};
 
 /// Cheap Argon2id parameters: tests open vaults hundreds of times. The default (OWASP) set is
 /// exercised by `default_parameters_are_owasp` and the doc example.
 const TEST_KDF: Argon2Params = Argon2Params::new(64, 1, 1);
 
 fn options() -> FileVaultOptions {
-    FileVaultOptions::with_passphrase(SecretString::from("test passphrase")).argon2(TEST_KDF)
+    FileVaultOptions::from_passphrase(SecretString::from("test passphrase")).argon2(TEST_KDF)
 }
 
 fn props(host: &str) -> VaultProperties {
@@ -132,6 +133,10 @@ impl VaultAdmin for TwoHandles {
     async fn remove_identity(&self, i: &Identity) -> Result<(), ProviderError> {
         self.admin.remove_identity(i).await
     }
+}
+
+#[async_trait]
+impl ProviderFactory for TwoHandles {
     async fn provider_for(&self, i: &Identity) -> Result<Arc<dyn KeyProvider>, ProviderError> {
         self.other.provider_for(i).await
     }
@@ -140,7 +145,7 @@ impl VaultAdmin for TwoHandles {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_without_purge_protection_across_two_handles() {
     let dir = fresh_dir("conf2");
-    let p = props("conf2.vault.example").with_protection(true, false);
+    let p = props("conf2.vault.example").protection(true, false);
     let admin = FileVault::create(&dir, p, &options()).unwrap();
     let other = FileVault::open(&dir, &options()).unwrap();
     let report = conformance::run(&TwoHandles { admin, other }).await;
@@ -156,14 +161,7 @@ async fn reopen_keeps_everything() {
     let wrap_only = Identity::new("wrap-only");
     vault.set_access(&app, Permissions::CMK).await.unwrap();
     vault
-        .set_access(
-            &wrap_only,
-            Permissions {
-                get: false,
-                wrap_key: true,
-                unwrap_key: false,
-            },
-        )
+        .set_access(&wrap_only, Permissions::new(false, true, false))
         .await
         .unwrap();
     vault
@@ -276,7 +274,7 @@ async fn reopen_keeps_everything() {
 #[tokio::test]
 async fn retention_survives_reopen() {
     let dir = fresh_dir("retention");
-    let clock = byok::ManualClock::default();
+    let clock = byok::testing::ManualClock::default();
     let opts = options().clock(Arc::new(clock.clone()));
     let vault = FileVault::create(&dir, props("retention.example"), &opts).unwrap();
     vault.create_key("k", KeySpec::Aes256).await.unwrap();
@@ -330,19 +328,19 @@ async fn files_are_private_from_creation() {
 async fn unlock_errors_are_typed() {
     let dir = fresh_dir("unlock");
     FileVault::create(&dir, props("unlock.example"), &options()).unwrap();
-    let wrong = FileVaultOptions::with_passphrase(SecretString::from("not it")).argon2(TEST_KDF);
+    let wrong = FileVaultOptions::from_passphrase(SecretString::from("not it")).argon2(TEST_KDF);
     let e = FileVault::open(&dir, &wrong).unwrap_err();
     assert_eq!(e.kind(), K::Forbidden, "{e}");
     assert!(e.message().contains("wrong passphrase"), "{e}");
 
     let key_file = fresh_dir("keyfile");
     fs::write(&key_file, [0x42u8; 32]).unwrap();
-    let e = FileVault::open(&dir, &FileVaultOptions::with_key_file(&key_file)).unwrap_err();
+    let e = FileVault::open(&dir, &FileVaultOptions::from_key_file(&key_file)).unwrap_err();
     assert_eq!(e.kind(), K::Forbidden, "{e}");
 
     // A key-file vault: the right file opens it, another file or a passphrase does not.
     let kdir = fresh_dir("kfvault");
-    let kopts = FileVaultOptions::with_key_file(&key_file);
+    let kopts = FileVaultOptions::from_key_file(&key_file);
     let v = FileVault::create(&kdir, props("kf.example"), &kopts).unwrap();
     v.create_key("k", KeySpec::Aes256).await.unwrap();
     drop(v);
@@ -350,14 +348,14 @@ async fn unlock_errors_are_typed() {
     assert_eq!(v.list_versions("k").await.unwrap().len(), 1);
     let other_key = fresh_dir("keyfile2");
     fs::write(&other_key, [0x43u8; 32]).unwrap();
-    let e = FileVault::open(&kdir, &FileVaultOptions::with_key_file(&other_key)).unwrap_err();
+    let e = FileVault::open(&kdir, &FileVaultOptions::from_key_file(&other_key)).unwrap_err();
     assert_eq!(e.kind(), K::Forbidden, "{e}");
     assert_eq!(
         FileVault::open(&kdir, &options()).unwrap_err().kind(),
         K::Forbidden
     );
     fs::write(&other_key, [0x43u8; 31]).unwrap();
-    let e = FileVault::open(&kdir, &FileVaultOptions::with_key_file(&other_key)).unwrap_err();
+    let e = FileVault::open(&kdir, &FileVaultOptions::from_key_file(&other_key)).unwrap_err();
     assert_eq!(e.kind(), K::InvalidRequest, "{e}");
 
     // Missing vault, occupied directory, empty passphrase, silly parameters.
@@ -373,7 +371,7 @@ async fn unlock_errors_are_typed() {
             .kind(),
         K::Conflict
     );
-    let empty = FileVaultOptions::with_passphrase(SecretString::from("")).argon2(TEST_KDF);
+    let empty = FileVaultOptions::from_passphrase(SecretString::from("")).argon2(TEST_KDF);
     assert_eq!(
         FileVault::create(fresh_dir("empty"), props("x"), &empty)
             .unwrap_err()
@@ -401,7 +399,7 @@ fn default_parameters_are_owasp() {
     assert_eq!(Argon2Params::OWASP, Argon2Params::default());
     // One real open with the default parameters: the vault stores and reuses them.
     let dir = fresh_dir("owasp");
-    let opts = FileVaultOptions::with_passphrase(SecretString::from("pass"));
+    let opts = FileVaultOptions::from_passphrase(SecretString::from("pass"));
     FileVault::create(&dir, props("owasp.example"), &opts).unwrap();
     let t = std::time::Instant::now();
     FileVault::open(&dir, &opts).unwrap();
@@ -718,15 +716,16 @@ async fn openssl_keys_import_and_openssl_wrapped_keys_unwrap() {
         ]);
         let pem = fs::read_to_string(&key).unwrap();
         let props = vault.import_rsa_pem(name, &pem).await.unwrap();
-        assert_eq!(props.key_type, byok::KeyType::Rsa { bits: 2048 });
-        let public = byok::RsaPublic::from_pem(&fs::read_to_string(&pub_pem).unwrap()).unwrap();
+        assert_eq!(props.key_type, byok::provider::KeyType::Rsa { bits: 2048 });
+        let public =
+            byok::provider::RsaPublic::from_pem(&fs::read_to_string(&pub_pem).unwrap()).unwrap();
         assert_eq!(props.public_key.as_ref(), Some(&public), "{name}");
-        let w = WrappedKey {
-            key_name: name.to_owned(),
-            key_version: props.version.clone(),
-            algorithm: WrapAlgorithm::RsaOaep256,
-            ciphertext: fs::read(&out).unwrap(),
-        };
+        let w = WrappedKey::new(
+            name.to_owned(),
+            props.version.clone(),
+            WrapAlgorithm::RsaOaep256,
+            fs::read(&out).unwrap(),
+        );
         let got = vault.provider(&app).unwrap_key(&w).await.unwrap();
         assert_eq!(got.expose_secret(), &secret, "{name}");
         wrapped.push(w);

@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use byok::{
-    FileVault, Identity, KeyProvider, KeySpec, Permissions, ProviderErrorKind as K, VaultAdmin,
-    VaultProperties, WrapAlgorithm, WrappedKey,
-};
+use byok::provider::file::FileVault;
+use byok::provider::{Identity, KeySpec, Permissions, VaultProperties, WrapAlgorithm, WrappedKey};
+use byok::{KeyProvider, ProviderErrorKind as K, VaultAdmin};
 
 #[path = "file_vault_crash_common/mod.rs"]
 mod common;

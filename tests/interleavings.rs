@@ -42,11 +42,15 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use byok::{
-    AccountId, AccountManager, Clock, DataClass, Error, Identity, InMemoryAccountStore,
-    InMemoryVault, KeyId, KeySource, KeySpec, ManualClock, NewAccount, Permissions, PlatformKey,
-    Policy, StateKind, VaultAdmin, VaultDirectory, VaultProperties, WrapAlgorithm,
+use byok::account::{DataClass, NewAccount, PlatformKey, StateKind};
+use byok::clock::Clock;
+use byok::provider::memory::InMemoryVault;
+use byok::provider::{
+    Identity, KeySpec, Permissions, VaultDirectory, VaultProperties, WrapAlgorithm,
 };
+use byok::store::InMemoryAccountStore;
+use byok::testing::ManualClock;
+use byok::{AccountId, AccountManager, Error, KeyId, KeySource, Policy, VaultAdmin};
 use interleave_support::{
     Event, History, OP, Outcome, PEMS, Rng, Sched, Truth, Wrap, YieldingProvider, YieldingStore,
     current_op, splitmix64,
@@ -241,7 +245,7 @@ async fn world(p: &Plan) -> World {
     let sched = Sched::new(splitmix64(p.seed ^ 0x5EED), p.max_yields);
     let clock = Arc::new(TickingClock::default());
     let service = Identity::new("service");
-    let platform = InMemoryVault::with_clock_and_seed(
+    let platform = InMemoryVault::seeded(
         VaultProperties::new("platform.internal", REGION, "operator"),
         clock.clone(),
         [1; 32],
@@ -254,7 +258,7 @@ async fn world(p: &Plan) -> World {
         .set_access(&service, Permissions::CMK)
         .await
         .expect("grant");
-    let vault = InMemoryVault::with_clock_and_seed(
+    let vault = InMemoryVault::seeded(
         VaultProperties::new(HOST, REGION, TENANT),
         clock.clone(),
         [3; 32],
@@ -304,7 +308,7 @@ async fn world(p: &Plan) -> World {
             }))
             .clock(clock.clone())
             .record_max_age(if p.hints {
-                byok::DEFAULT_RECORD_MAX_AGE
+                byok::account::DEFAULT_RECORD_MAX_AGE
             } else {
                 Duration::ZERO
             })
@@ -573,7 +577,7 @@ impl World {
                 }
             }
             Action::Check { m } => self.managers[*m]
-                .check(&self.id)
+                .probe(&self.id)
                 .await
                 .map(|s| (Some(s), String::new())),
             Action::Refresh { m } => self.managers[*m]
@@ -701,8 +705,11 @@ impl World {
 }
 
 /// Reads the inner store without yielding (it is in memory; its futures complete at once).
-fn futures_lite_get(store: &InMemoryAccountStore, id: &AccountId) -> Option<byok::AccountRecord> {
-    use byok::AccountStore as _;
+fn futures_lite_get(
+    store: &InMemoryAccountStore,
+    id: &AccountId,
+) -> Option<byok::account::AccountRecord> {
+    use byok::store::AccountStore as _;
     use std::future::Future as _;
     use std::task::{Context, Poll, Waker};
     let mut f = std::pin::pin!(store.get(id));

@@ -5,10 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use byok::{
-    Identity, InMemoryVault, KeyProvider, KeySpec, KeyType, ManualClock, OaepHash, Permissions,
-    ProviderErrorKind, VaultAdmin, VaultProperties, WrapAlgorithm,
+use byok::provider::memory::InMemoryVault;
+use byok::provider::{
+    Identity, KeySpec, KeyType, OaepHash, Permissions, VaultProperties, WrapAlgorithm,
 };
+use byok::testing::ManualClock;
+use byok::{KeyProvider, ProviderErrorKind, VaultAdmin};
 
 const PKCS1: &str = include_str!("data/keys/rsa2048-pkcs1.pem");
 const PKCS8: &str = include_str!("data/keys/rsa3072-pkcs8.pem");
@@ -18,7 +20,7 @@ fn vault() -> InMemoryVault {
     InMemoryVault::new(VaultProperties::new("mem.vault.example", "westeurope", "t"))
 }
 
-async fn app(v: &InMemoryVault) -> byok::InMemoryProvider {
+async fn app(v: &InMemoryVault) -> byok::provider::memory::InMemoryProvider {
     let id = Identity::new("app");
     v.set_access(&id, Permissions::CMK).await.expect("grant");
     v.provider(&id)
@@ -39,12 +41,12 @@ async fn imports_openssl_pkcs1_and_pkcs8_keys() {
     let ct = public
         .encrypt_oaep(OaepHash::Sha256, &[9u8; 32], b"")
         .expect("encrypt");
-    let w = byok::WrappedKey {
-        key_name: "imported".into(),
-        key_version: k2.version.clone(),
-        algorithm: WrapAlgorithm::RsaOaep256,
-        ciphertext: ct,
-    };
+    let w = byok::provider::WrappedKey::new(
+        "imported",
+        k2.version.clone(),
+        WrapAlgorithm::RsaOaep256,
+        ct,
+    );
     assert_eq!(
         p.unwrap_key(&w).await.expect("unwrap").expose_secret(),
         &[9u8; 32]
@@ -64,9 +66,9 @@ async fn imports_openssl_pkcs1_and_pkcs8_keys() {
 async fn same_seed_same_keys() {
     let clock = Arc::new(ManualClock::default());
     let props = VaultProperties::new("seeded.example", "r", "t");
-    let a = InMemoryVault::with_clock_and_seed(props.clone(), clock.clone(), [1; 32]);
-    let b = InMemoryVault::with_clock_and_seed(props.clone(), clock.clone(), [1; 32]);
-    let c = InMemoryVault::with_clock_and_seed(props, clock, [2; 32]);
+    let a = InMemoryVault::seeded(props.clone(), clock.clone(), [1; 32]);
+    let b = InMemoryVault::seeded(props.clone(), clock.clone(), [1; 32]);
+    let c = InMemoryVault::seeded(props, clock, [2; 32]);
     let pa = a.create_key("k", KeySpec::Rsa(2048)).await.expect("a");
     let pb = b.create_key("k", KeySpec::Rsa(2048)).await.expect("b");
     let pc = c.create_key("k", KeySpec::Rsa(2048)).await.expect("c");
@@ -79,7 +81,7 @@ async fn same_seed_same_keys() {
 async fn purge_waits_for_the_retention_period() {
     let clock = Arc::new(ManualClock::default());
     let props = VaultProperties::new("retention.example", "r", "t");
-    let v = InMemoryVault::with_clock_and_seed(props, clock.clone(), [3; 32]);
+    let v = InMemoryVault::seeded(props, clock.clone(), [3; 32]);
     v.create_key("k", KeySpec::Aes256).await.expect("create");
     v.delete_key("k").await.expect("delete");
     clock.advance(Duration::from_secs(89 * 86_400));
@@ -104,7 +106,7 @@ async fn purge_waits_for_the_retention_period() {
 
 #[tokio::test]
 async fn without_soft_delete_a_delete_is_final() {
-    let props = VaultProperties::new("nosoft.example", "r", "t").with_protection(false, false);
+    let props = VaultProperties::new("nosoft.example", "r", "t").protection(false, false);
     let v = InMemoryVault::new(props);
     let p = app(&v).await;
     v.create_key("k", KeySpec::Aes256).await.expect("create");

@@ -16,11 +16,10 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use byok::conformance::{self, Outcome};
-use byok::{
-    KeyProvider, KeySpec, OaepHash, Pkcs11Config, Pkcs11Provider, ProviderErrorKind as K,
-    RsaPublic, SecretString, VaultAdmin, WrapAlgorithm, WrappedKey,
-};
+use byok::provider::pkcs11::{Pkcs11Config, Pkcs11Provider};
+use byok::provider::{KeySpec, OaepHash, RsaPublic, WrapAlgorithm, WrappedKey};
+use byok::testing::provider_conformance::{self as conformance, Outcome};
+use byok::{KeyProvider, ProviderErrorKind as K, SecretString, VaultAdmin};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as P11Error, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
@@ -145,8 +144,8 @@ fn config(hash: OaepHash) -> Pkcs11Config {
     let f = fixture();
     // The raw sessions of other tests (playing other tools) may log in to this token first.
     Pkcs11Config::new(&f.module, &f.label, SecretString::new(f.pin.clone()))
-        .with_oaep_hash(hash)
-        .with_accept_existing_login(true)
+        .oaep_hash(hash)
+        .accept_existing_login(true)
 }
 
 async fn provider() -> Pkcs11Provider {
@@ -261,7 +260,7 @@ async fn generated_keys_stay_on_the_token() {
         .await
         .expect("create");
     assert_eq!(v.version, "1");
-    assert_eq!(v.key_type, byok::KeyType::Rsa { bits: 2048 });
+    assert_eq!(v.key_type, byok::provider::KeyType::Rsa { bits: 2048 });
     let s = raw_session();
     let attrs = bool_attrs(&s, &name, "1");
     for want in [
@@ -308,12 +307,12 @@ async fn software_wrap_unwraps_on_the_token() {
     let ct = public
         .encrypt_oaep(OaepHash::Sha1, &secret, b"")
         .expect("encrypt");
-    let w = WrappedKey {
-        key_name: name.clone(),
-        key_version: props.version.clone(),
-        algorithm: WrapAlgorithm::RsaOaep,
-        ciphertext: ct,
-    };
+    let w = WrappedKey::new(
+        name.clone(),
+        props.version.clone(),
+        WrapAlgorithm::RsaOaep,
+        ct,
+    );
     let got = hsm.unwrap_key(&w).await.expect("unwrap on the token");
     assert_eq!(got.expose_secret(), secret);
     hsm.delete_key(&name).await.expect("delete");
@@ -354,10 +353,8 @@ async fn imported_key_interops_with_software() {
         .to_public_key()
         .encrypt(&mut rng, rsa::Oaep::<sha1::Sha1>::new(), &secret)
         .expect("software wrap");
-    let w2 = WrappedKey {
-        ciphertext: ct,
-        ..w
-    };
+    let mut w2 = w;
+    w2.ciphertext = ct;
     assert_eq!(
         hsm.unwrap_key(&w2)
             .await
@@ -467,8 +464,7 @@ async fn revocation_through_the_token_is_definitive() {
 async fn wrong_pin_is_forbidden_at_connect() {
     let f = fixture();
     let on_pin_token = |pin: &str| {
-        Pkcs11Config::new(&f.module, PIN_TOKEN, SecretString::new(pin))
-            .with_oaep_hash(OaepHash::Sha1)
+        Pkcs11Config::new(&f.module, PIN_TOKEN, SecretString::new(pin)).oaep_hash(OaepHash::Sha1)
     };
     // Nobody is logged in to this token yet: C_Login itself says CKR_PIN_INCORRECT.
     let e = Pkcs11Provider::connect(on_pin_token("0000"))
@@ -557,14 +553,14 @@ async fn oaep_sha256_is_a_clear_error_on_softhsm() {
         .expect("props")
         .public_key
         .expect("public");
-    let w = WrappedKey {
-        key_name: name.clone(),
-        key_version: "1".into(),
-        algorithm: WrapAlgorithm::RsaOaep256,
-        ciphertext: public
+    let w = WrappedKey::new(
+        name.clone(),
+        "1",
+        WrapAlgorithm::RsaOaep256,
+        public
             .encrypt_oaep(OaepHash::Sha256, &[3u8; 32], b"")
             .expect("encrypt"),
-    };
+    );
     let e = hsm.unwrap_key(&w).await.expect_err("no SHA-256 OAEP");
     assert_eq!(e.kind(), K::InvalidRequest, "{e}");
     // With the (wrong) SHA-256 setting the token itself refuses the mechanism parameters.
@@ -659,7 +655,7 @@ async fn ec_keys_are_held_and_refused_for_wrapping() {
         .expect("create EC");
     assert_eq!(
         v.key_type,
-        byok::KeyType::Ec {
+        byok::provider::KeyType::Ec {
             curve: "P-256".into()
         }
     );
@@ -669,12 +665,7 @@ async fn ec_keys_are_held_and_refused_for_wrapping() {
         .await
         .expect_err("EC cannot wrap");
     assert_eq!(e.kind(), K::WrongKeyType, "{e}");
-    let w = WrappedKey {
-        key_name: name.clone(),
-        key_version: "1".into(),
-        algorithm: WrapAlgorithm::RsaOaep,
-        ciphertext: vec![0; 256],
-    };
+    let w = WrappedKey::new(name.clone(), "1", WrapAlgorithm::RsaOaep, vec![0; 256]);
     assert_eq!(
         hsm.unwrap_key(&w).await.expect_err("EC").kind(),
         K::WrongKeyType
@@ -702,7 +693,7 @@ async fn aes_key_wrap_runs_on_the_token() {
         .create_key(&name, KeySpec::Aes256)
         .await
         .expect("create AES");
-    assert_eq!(v.key_type, byok::KeyType::Aes { bits: 256 });
+    assert_eq!(v.key_type, byok::provider::KeyType::Aes { bits: 256 });
     let s = raw_session();
     let h = objects(&s, ObjectClass::SECRET_KEY, &name, "1");
     assert_eq!(h.len(), 1);
@@ -732,9 +723,10 @@ async fn aes_key_wrap_runs_on_the_token() {
         b
     }] {
         let e = hsm
-            .unwrap_key(&WrappedKey {
-                ciphertext: bad,
-                ..w.clone()
+            .unwrap_key(&{
+                let mut corrupted = w.clone();
+                corrupted.ciphertext = bad;
+                corrupted
             })
             .await
             .expect_err("corrupted");
@@ -766,7 +758,7 @@ async fn aes_key_wrap_runs_on_the_token() {
     let v2 = hsm.rotate_key(&name).await.expect("rotate");
     assert_eq!(
         (v2.version.as_str(), v2.key_type),
-        ("2", byok::KeyType::Aes { bits: 256 })
+        ("2", byok::provider::KeyType::Aes { bits: 256 })
     );
     assert_eq!(
         hsm.unwrap_key(&w)
@@ -802,11 +794,11 @@ async fn debug_never_shows_the_pin() {
 async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
     use std::time::Duration;
 
-    use byok::{
-        AccountId, AccountManager, DoubleEncryption, Error, Identity, InMemoryVault, KeyId,
-        KeySource, ManualClock, NewAccount, Operation, Permissions, PlatformKey, Policy,
-        PolicyViolation, StateKind, VaultDirectory, VaultProperties,
-    };
+    use byok::account::{DoubleEncryption, NewAccount, Operation, PlatformKey, StateKind};
+    use byok::provider::memory::InMemoryVault;
+    use byok::provider::{Identity, Permissions, VaultDirectory, VaultProperties};
+    use byok::testing::ManualClock;
+    use byok::{AccountId, AccountManager, Error, KeyId, KeySource, Policy, PolicyViolation};
 
     let started = Instant::now();
     let hsm = provider().await;
@@ -828,7 +820,7 @@ async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
         ("platform.internal", "platform-kek", 1u8),
         ("infra.internal", "infra-kek", 2),
     ] {
-        let v = InMemoryVault::with_clock_and_seed(
+        let v = InMemoryVault::seeded(
             VaultProperties::new(host, "local", "operator"),
             clock.clone(),
             [seed; 32],
@@ -921,7 +913,7 @@ async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
         ids.push(rec.id);
     }
     let (probed, used) = (&ids[0], &ids[1]);
-    let blob = byok::DataClass::new("blob");
+    let blob = byok::account::DataClass::new("blob");
     let mut stored = Vec::new();
     for id in &ids {
         let obj = accounts
@@ -959,7 +951,7 @@ async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
         &[Attribute::Decrypt(false), Attribute::Unwrap(false)],
     )
     .expect("clear CKA_DECRYPT");
-    let e = accounts.check(probed).await.expect_err("disabled");
+    let e = accounts.probe(probed).await.expect_err("disabled");
     assert!(matches!(e, Error::KeyInaccessible { .. }), "{e}");
     assert!(e.to_string().contains("key disabled"), "{e}");
     let rec = accounts
@@ -981,7 +973,7 @@ async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
     assert_locked(accounts.seal_field(probed, b"f", b"x").await, "seal_field");
     assert!(
         accounts
-            .authorize(probed, Operation::AccountDelete)
+            .ensure_allowed(probed, Operation::AccountDelete)
             .await
             .is_ok()
     );
@@ -996,7 +988,7 @@ async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
         "before the probe",
     );
     assert_eq!(
-        accounts.check(probed).await.expect("check"),
+        accounts.probe(probed).await.expect("check"),
         StateKind::Active
     );
     assert_eq!(
@@ -1031,7 +1023,7 @@ async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
         s.destroy_object(h).expect("destroy");
     }
     // A probe observes it at once and drops the cached key.
-    let e = accounts.check(probed).await.expect_err("destroyed");
+    let e = accounts.probe(probed).await.expect_err("destroyed");
     assert!(matches!(e, Error::KeyInaccessible { .. }), "{e}");
     assert!(e.to_string().contains("key not found"), "{e}");
     assert_locked(
@@ -1064,7 +1056,7 @@ async fn account_with_a_token_key_goes_inaccessible_when_the_key_is_revoked() {
             StateKind::KeyInaccessible
         );
         assert!(matches!(
-            accounts.check(id).await,
+            accounts.probe(id).await,
             Err(Error::KeyInaccessible { .. })
         ));
         accounts.delete_account(id).await.expect("delete");
@@ -1162,7 +1154,7 @@ async fn a_login_by_another_component_is_not_taken_on_trust() {
     let f = fixture();
     let on_foreign = |pin: &str| {
         Pkcs11Config::new(&f.module, FOREIGN_TOKEN, SecretString::new(pin))
-            .with_oaep_hash(OaepHash::Sha1)
+            .oaep_hash(OaepHash::Sha1)
     };
     // The library is initialised through the provider first: SoftHSM's C_Initialize is not
     // safe against a concurrent one from another context (a half-loaded slot list).
@@ -1175,9 +1167,9 @@ async fn a_login_by_another_component_is_not_taken_on_trust() {
             .await
             .expect_err("an unchecked PIN is refused");
         assert_eq!(e.kind(), K::InvalidRequest, "{e}");
-        assert!(e.message().contains("with_accept_existing_login"), "{e}");
+        assert!(e.message().contains("accept_existing_login"), "{e}");
     }
-    let trusted = Pkcs11Provider::connect(on_foreign("5678").with_accept_existing_login(true))
+    let trusted = Pkcs11Provider::connect(on_foreign("5678").accept_existing_login(true))
         .await
         .expect("the other component is trusted");
     let e = trusted

@@ -21,10 +21,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use byok::account::{AccountRecord, AccountState, NewAccount, StateKind};
+use byok::audit::AuditAction;
+use byok::clock::SystemClock;
+use byok::store::{
+    AccountStore, ChangeListener, PostgresAccountStore, PostgresStoreOptions, StoreChange,
+};
 use byok::{
-    AccountId, AccountManager, AccountRecord, AccountState, AccountStore, AuditAction,
-    ChangeListener, Error, KeyId, KeySource, NewAccount, Policy, PostgresAccountStore,
-    PostgresStoreOptions, ProviderErrorKind, StateKind, StoreChange, SystemClock, VaultAdmin,
+    AccountId, AccountManager, Error, KeyId, KeySource, Policy, ProviderErrorKind, VaultAdmin,
 };
 use common::{HOST, REGION, TENANT, World, class};
 use pg_support::Cluster;
@@ -282,7 +286,7 @@ async fn a_revocation_and_a_restore_by_a_reach_b_within_the_notification_latency
     let sa = store(&url, PostgresStoreOptions::new()).await;
     let sb = store(&url, PostgresStoreOptions::new()).await;
     let b_hints = Listening::on(&*sb);
-    let a = replica(&w, sa.clone(), byok::DEFAULT_RECORD_MAX_AGE);
+    let a = replica(&w, sa.clone(), byok::account::DEFAULT_RECORD_MAX_AGE);
     let b = replica(&w, sb.clone(), B_RECORD_MAX_AGE);
     b_hints.up().await;
 
@@ -301,7 +305,7 @@ async fn a_revocation_and_a_restore_by_a_reach_b_within_the_notification_latency
     // The tenant cuts the service's access; A observes it and commits the revocation.
     w.faults.cut(ProviderErrorKind::Forbidden);
     let started = Instant::now();
-    assert!(inaccessible(&a.check(&id).await));
+    assert!(inaccessible(&a.probe(&id).await));
     assert_eq!(
         stored(&*sa, &id).await.state.kind(),
         StateKind::KeyInaccessible
@@ -327,7 +331,7 @@ async fn a_revocation_and_a_restore_by_a_reach_b_within_the_notification_latency
     // The tenant restores access; A's probe commits Active; B serves again.
     w.faults.restore();
     let started = Instant::now();
-    assert_eq!(a.check(&id).await.expect("restore"), StateKind::Active);
+    assert_eq!(a.probe(&id).await.expect("restore"), StateKind::Active);
     let restored_in = converge(HINT_BOUND, async || {
         b.decrypt(&id, b"o", &obj).await.is_ok()
     })
@@ -356,7 +360,7 @@ async fn a_stale_replica_never_locks_the_fleet_on_an_old_wrapping() {
     let sa = store(&url, PostgresStoreOptions::new()).await;
     // B as stale as a replica can be: no hints, and its copy kept for an hour.
     let sb = Counting::new(store(&url, PostgresStoreOptions::new().notifications(false)).await);
-    let a = replica(&w, sa.clone(), byok::DEFAULT_RECORD_MAX_AGE);
+    let a = replica(&w, sa.clone(), byok::account::DEFAULT_RECORD_MAX_AGE);
     let b = replica(&w, sb.clone(), Duration::from_secs(3600));
     assert_eq!(sb.calls.subscribe.load(Ordering::SeqCst), 1);
 
@@ -413,7 +417,7 @@ async fn a_stale_replica_never_locks_the_fleet_on_an_old_wrapping() {
             .iter()
             .any(|e| e.action == AuditAction::Unwrap
                 && e.key.as_deref() == Some(v1_uri.as_str())
-                && matches!(e.outcome, byok::AuditOutcome::Failure(_))),
+                && matches!(e.outcome, byok::audit::AuditOutcome::Failure(_))),
         "B's unwrap of v1 failed: {:?}",
         &w.audit.events()[events..]
     );
@@ -431,7 +435,7 @@ async fn a_stale_replica_never_locks_the_fleet_on_an_old_wrapping() {
     assert_eq!(rec.current_customer_key(), Some(k2));
     assert!(
         !w.audit.events().iter().any(|e| matches!(&e.action,
-            AuditAction::StateChange { to, .. } if *to == byok::StateKind::KeyInaccessible)),
+            AuditAction::StateChange { to, .. } if *to == byok::account::StateKind::KeyInaccessible)),
         "nobody observed a revocation"
     );
 }
@@ -456,7 +460,7 @@ async fn with_its_listener_killed_b_follows_within_record_max_age_then_by_hint_a
     .await;
     let a_hints = Listening::on(&*sa);
     let b_hints = Listening::on(&*sb);
-    let a = replica(&w, sa.clone(), byok::DEFAULT_RECORD_MAX_AGE);
+    let a = replica(&w, sa.clone(), byok::account::DEFAULT_RECORD_MAX_AGE);
     let b = replica(&w, sb.clone(), b_max_age);
     a_hints.up().await;
     b_hints.up().await;
@@ -485,7 +489,7 @@ async fn with_its_listener_killed_b_follows_within_record_max_age_then_by_hint_a
     // A revokes while B hears nothing: B follows when its copy is due.
     w.faults.cut(ProviderErrorKind::Forbidden);
     let started = Instant::now();
-    assert!(inaccessible(&a.check(&id).await));
+    assert!(inaccessible(&a.probe(&id).await));
     let slack = Duration::from_millis(1500);
     let fallback = converge(b_max_age + slack, async || {
         inaccessible(&b.decrypt(&id, b"o", &obj).await)
@@ -519,7 +523,7 @@ async fn with_its_listener_killed_b_follows_within_record_max_age_then_by_hint_a
     assert!(inaccessible(&b.decrypt(&id, b"o", &obj).await));
     w.faults.restore();
     let started = Instant::now();
-    assert_eq!(a.check(&id).await.expect("restore"), StateKind::Active);
+    assert_eq!(a.probe(&id).await.expect("restore"), StateKind::Active);
     let hinted = converge(b_max_age / 2, async || {
         b.decrypt(&id, b"o", &obj).await.is_ok()
     })
@@ -601,9 +605,9 @@ async fn postgres_restarted_mid_run() {
         .expect("encrypt");
     // Committed updates before the restart: a revocation and a restore of `warm`.
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(&a.check(&warm).await));
+    assert!(inaccessible(&a.probe(&warm).await));
     w.faults.restore();
-    assert_eq!(a.check(&warm).await.expect("restore"), StateKind::Active);
+    assert_eq!(a.probe(&warm).await.expect("restore"), StateKind::Active);
     converge(HINT_BOUND, async || {
         b.decrypt(&warm, b"w", &warm_obj).await.is_ok()
     })
@@ -626,7 +630,7 @@ async fn postgres_restarted_mid_run() {
     // A cold-cache operation: B never loaded `cold`.
     unavailable("B decrypt, cold", b.decrypt(&cold, b"c", &cold_obj).await);
     // Account operations whose copy is due.
-    unavailable("A check", a.check(&warm).await);
+    unavailable("A check", a.probe(&warm).await);
     unavailable("A decrypt", a.decrypt(&warm, b"w", &warm_obj).await);
     unavailable(
         "A encrypt",
@@ -694,7 +698,7 @@ async fn postgres_restarted_mid_run() {
         b"cold data"
     );
     assert_eq!(
-        after_restart("A check", async || a.check(&cold).await).await,
+        after_restart("A check", async || a.probe(&cold).await).await,
         StateKind::Active
     );
     // B's listener is back; a revocation committed now reaches B by hint again.
@@ -703,7 +707,7 @@ async fn postgres_restarted_mid_run() {
         .await;
     w.faults.cut(ProviderErrorKind::Forbidden);
     let started = Instant::now();
-    assert!(inaccessible(&a.check(&warm).await));
+    assert!(inaccessible(&a.probe(&warm).await));
     let refused = converge(HINT_BOUND, async || {
         inaccessible(&b.decrypt(&warm, b"w", &warm_obj).await)
     })
@@ -738,7 +742,7 @@ async fn a_fresh_manager_opens_everything_the_first_wrote() {
     let mut fields: Written = Vec::new();
     let records = {
         let sa = store(&url, PostgresStoreOptions::new()).await;
-        let a = replica(&w, sa.clone(), byok::DEFAULT_RECORD_MAX_AGE);
+        let a = replica(&w, sa.clone(), byok::account::DEFAULT_RECORD_MAX_AGE);
         // A customer-keyed account with double encryption.
         let cmk = cmk_account(&w, &a, "fresh-cmk", Policy::video_analyzer()).await;
         // A platform-keyed account that later takes a customer key (a re-wrap).
@@ -796,7 +800,7 @@ async fn a_fresh_manager_opens_everything_the_first_wrote() {
     };
 
     let sc = store(&url, PostgresStoreOptions::new()).await;
-    let c = replica(&w, sc, byok::DEFAULT_RECORD_MAX_AGE);
+    let c = replica(&w, sc, byok::account::DEFAULT_RECORD_MAX_AGE);
     assert_eq!(c.accounts().await.expect("accounts"), records);
     for (id, ctx, obj, plain) in &objects {
         assert_eq!(
@@ -825,7 +829,7 @@ async fn the_hot_path_makes_no_store_call_with_a_warm_cache() {
     let pg_b = store(&url, PostgresStoreOptions::new()).await;
     let b_hints = Listening::on(&*pg_b);
     let sb = Counting::new(pg_b.clone());
-    let a = replica(&w, sa.clone(), byok::DEFAULT_RECORD_MAX_AGE);
+    let a = replica(&w, sa.clone(), byok::account::DEFAULT_RECORD_MAX_AGE);
     let b = replica(&w, sb.clone(), Duration::from_secs(60));
     // Hints after the warm-up would (rightly) cost a re-read: let the listener settle first.
     b_hints.up().await;

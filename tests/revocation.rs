@@ -13,11 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use byok::account::{AccountRecord, AccountState, NewAccount, StateKind};
+use byok::audit::AuditAction;
+use byok::clock::Clock;
+use byok::provider::{KeyProperties, VaultProperties, WrapAlgorithm, WrappedKey};
+use byok::store::{AccountStore, ChangeListener, InMemoryAccountStore};
 use byok::{
-    AccountId, AccountManager, AccountRecord, AccountState, AccountStore, AuditAction,
-    ChangeListener, Clock, Error, InMemoryAccountStore, KeyId, KeyProperties, KeyProvider,
-    KeySource, NewAccount, Policy, ProviderError, ProviderErrorKind, SecretBytes, StateKind,
-    VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
+    AccountId, AccountManager, Error, KeyId, KeyProvider, KeySource, Policy, ProviderError,
+    ProviderErrorKind, SecretBytes, VaultAdmin,
 };
 use common::{HOST, World, class};
 use tokio::sync::Notify;
@@ -213,12 +216,12 @@ async fn a_probe_that_began_before_a_revocation_does_not_undo_it() {
     hooks.park_next_unwrap();
     let first = tokio::spawn({
         let (m, id) = (w.manager.clone(), id.clone());
-        async move { m.check(&id).await }
+        async move { m.probe(&id).await }
     });
     // The first probe's unwrap succeeded at the vault; its answer is still on the way.
     hooks.parked.notified().await;
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(w.manager.check(&id).await));
+    assert!(inaccessible(w.manager.probe(&id).await));
     hooks.release.notify_one();
     let late = first.await.expect("task");
     assert!(inaccessible(late.as_ref()), "a stale probe said {late:?}");
@@ -234,7 +237,7 @@ async fn a_probe_that_began_before_a_revocation_does_not_undo_it() {
     // A probe that begins after the revocation, once access is back, restores.
     w.faults.restore();
     assert_eq!(
-        w.manager.check(&id).await.expect("check"),
+        w.manager.probe(&id).await.expect("check"),
         StateKind::Active
     );
     assert_eq!(
@@ -249,19 +252,19 @@ async fn a_restore_probe_overtaken_by_a_newer_failure_does_not_restore() {
     let w = World::new().await;
     let id = cmk_account(&w, &w.manager, "overtaken", Policy::video_analyzer()).await;
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(w.manager.check(&id).await));
+    assert!(inaccessible(w.manager.probe(&id).await));
     // Access comes back; a probe starts and its unwrap succeeds, but the answer is late.
     w.faults.restore();
     let hooks = gate(&w);
     hooks.park_next_unwrap();
     let first = tokio::spawn({
         let (m, id) = (w.manager.clone(), id.clone());
-        async move { m.check(&id).await }
+        async move { m.probe(&id).await }
     });
     hooks.parked.notified().await;
     // Access is cut again, and a newer probe sees it before the first one answers.
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(w.manager.check(&id).await));
+    assert!(inaccessible(w.manager.probe(&id).await));
     hooks.release.notify_one();
     let late = first.await.expect("task");
     assert!(inaccessible(late.as_ref()), "{late:?}");
@@ -313,7 +316,7 @@ async fn a_rekey_that_began_before_a_revocation_does_not_undo_it() {
     });
     hooks.parked.notified().await;
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(w.manager.check(&id).await));
+    assert!(inaccessible(w.manager.probe(&id).await));
     hooks.release.notify_one();
     let late = rekey.await.expect("task");
     assert!(
@@ -450,7 +453,7 @@ async fn a_conflict_while_persisting_a_revocation_does_not_forget_it() {
     }
     // Once the store is back, the next probe persists it.
     store.outage.store(false, Ordering::SeqCst);
-    assert!(inaccessible(m.check(&id).await));
+    assert!(inaccessible(m.probe(&id).await));
     assert_eq!(stored_state(&w, &id).await, StateKind::KeyInaccessible);
 }
 
@@ -470,7 +473,7 @@ async fn key_handles_and_streams_die_with_the_revocation() {
         .expect("encrypt");
     let keys = w.manager.keys_for_writing(&id, &blob).await.expect("keys");
     let copy = keys.clone();
-    let header = byok::inspect(&obj).expect("header");
+    let header = byok::envelope::inspect(&obj).expect("header");
     let read_keys = w
         .manager
         .keys_for_reading(&id, &header)
@@ -491,7 +494,7 @@ async fn key_handles_and_streams_die_with_the_revocation() {
     reader.read_exact(&mut first).expect("first chunk");
 
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(w.manager.check(&id).await));
+    assert!(inaccessible(w.manager.probe(&id).await));
 
     for k in [&keys, &copy] {
         let e = k.envelope().expect("envelope").seal(b"o", b"x");
@@ -511,7 +514,7 @@ async fn key_handles_and_streams_die_with_the_revocation() {
     // A restore gives new handles; the old ones stay dead.
     w.faults.restore();
     assert_eq!(
-        w.manager.check(&id).await.expect("check"),
+        w.manager.probe(&id).await.expect("check"),
         StateKind::Active
     );
     assert!(inaccessible(keys.envelope().expect("env").seal(b"o", b"x")));
@@ -559,14 +562,14 @@ async fn with_change_hints_a_replica_follows_a_revocation_and_a_restore_at_once(
         .expect("encrypt");
     assert_eq!(b.decrypt(&id, b"o", &obj).await.expect("b reads"), b"data");
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(a.check(&id).await));
+    assert!(inaccessible(a.probe(&id).await));
     // No clock movement: B refuses reads and writes at once.
     assert!(inaccessible(b.decrypt(&id, b"o", &obj).await));
     assert!(inaccessible(
         b.encrypt(&id, &class("blob"), b"o", b"x").await
     ));
     w.faults.restore();
-    assert_eq!(a.check(&id).await.expect("restore"), StateKind::Active);
+    assert_eq!(a.probe(&id).await.expect("restore"), StateKind::Active);
     assert_eq!(b.decrypt(&id, b"o", &obj).await.expect("b reads"), b"data");
     b.encrypt(&id, &class("blob"), b"o", b"x")
         .await
@@ -586,17 +589,17 @@ async fn without_change_hints_a_replica_follows_within_record_max_age() {
         .expect("encrypt");
     assert_eq!(b.decrypt(&id, b"o", &obj).await.expect("b reads"), b"data");
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(a.check(&id).await));
+    assert!(inaccessible(a.probe(&id).await));
     // Within the bound B may still serve from its cache; at the bound it refuses.
-    w.clock.advance(byok::DEFAULT_RECORD_MAX_AGE);
+    w.clock.advance(byok::account::DEFAULT_RECORD_MAX_AGE);
     assert!(inaccessible(b.decrypt(&id, b"o", &obj).await));
     assert!(inaccessible(
         b.encrypt(&id, &class("blob"), b"o", b"x").await
     ));
     // Restores propagate the same way (not an hour of 403s).
     w.faults.restore();
-    assert_eq!(a.check(&id).await.expect("restore"), StateKind::Active);
-    w.clock.advance(byok::DEFAULT_RECORD_MAX_AGE);
+    assert_eq!(a.probe(&id).await.expect("restore"), StateKind::Active);
+    w.clock.advance(byok::account::DEFAULT_RECORD_MAX_AGE);
     assert_eq!(b.decrypt(&id, b"o", &obj).await.expect("b reads"), b"data");
 }
 
@@ -679,7 +682,7 @@ async fn a_probe_that_changes_nothing_writes_no_revision() {
     w.clock.advance(Duration::from_secs(5));
     let writes = quiet.updates.load(Ordering::SeqCst);
     m.monitor().await.expect("monitor");
-    m.check(&id).await.expect("check");
+    m.probe(&id).await.expect("check");
     let after = w.store.get(&id).await.expect("store").expect("record");
     assert_eq!(quiet.updates.load(Ordering::SeqCst), writes);
     assert_eq!(after.revision, before.revision);
@@ -776,7 +779,7 @@ async fn an_outage_costs_one_unwrap_per_attempt_not_one_per_caller() {
     // Past it, the provider is asked again; the state never changed.
     w.faults.restore();
     w.faults.set_latency(Duration::ZERO);
-    w.clock.advance(byok::DEFAULT_FAILURE_WINDOW);
+    w.clock.advance(byok::account::DEFAULT_FAILURE_WINDOW);
     assert_eq!(
         w.manager.decrypt(&id, b"o", &obj).await.expect("back"),
         b"data"
@@ -834,7 +837,7 @@ async fn storage_queue_and_table_data_outside_the_customer_key_survive_revocatio
     }
     w.faults.cut(ProviderErrorKind::Forbidden);
     for id in [&plain, &chosen] {
-        assert!(inaccessible(w.manager.check(id).await));
+        assert!(inaccessible(w.manager.probe(id).await));
     }
     for (id, c, o) in &objs {
         let covered = *c == "blob" || (id == &chosen && *c == "queue");
@@ -861,7 +864,7 @@ async fn content_safety_blocklist_names_stay_locked_after_revocation() {
         .await
         .expect("encrypt");
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(w.manager.check(&id).await));
+    assert!(inaccessible(w.manager.probe(&id).await));
     assert!(inaccessible(w.manager.decrypt(&id, b"o", &obj).await));
     assert!(inaccessible(
         w.manager.encrypt(&id, &names, b"o", b"x").await
@@ -892,10 +895,10 @@ async fn a_customer_vault_named_platform_is_a_customer_key() {
         .expect("create");
     let rec = w.store.get(&id).await.expect("store").expect("record");
     let wrapped = rec.account_key.as_ref().expect("wrapped");
-    assert_eq!(wrapped.role, byok::KeyRole::Customer);
+    assert_eq!(wrapped.role, byok::account::KeyRole::Customer);
     assert_eq!(
         rec.platform_class_key.as_ref().expect("pc").role,
-        byok::KeyRole::Platform
+        byok::account::KeyRole::Platform
     );
     let versioned = key
         .with_version(&wrapped.wrapped.key_version)
@@ -924,10 +927,13 @@ async fn format_1_records_still_load_with_their_roles() {
         json[k].as_object_mut().expect("key").remove("role");
     }
     let back: AccountRecord = serde_json::from_value(json).expect("format 1 loads");
-    assert_eq!(back.account_key.expect("ak").role, byok::KeyRole::Customer);
+    assert_eq!(
+        back.account_key.expect("ak").role,
+        byok::account::KeyRole::Customer
+    );
     assert_eq!(
         back.platform_class_key.expect("pc").role,
-        byok::KeyRole::Platform
+        byok::account::KeyRole::Platform
     );
     assert_eq!(back.epoch, 0);
 }
@@ -942,8 +948,8 @@ struct CallingBack {
     answered: AtomicBool,
 }
 
-impl byok::AuditSink for CallingBack {
-    fn record(&self, event: &byok::AuditEvent) {
+impl byok::audit::AuditSink for CallingBack {
+    fn record(&self, event: &byok::audit::AuditEvent) {
         if !matches!(event.action, AuditAction::StateChange { .. })
             || self.called.swap(true, Ordering::SeqCst)
         {
@@ -958,7 +964,7 @@ impl byok::AuditSink for CallingBack {
                 .build()
                 .expect("runtime");
             let _ = rt.block_on(async {
-                let _ = m.check(&id).await;
+                let _ = m.probe(&id).await;
                 m.account(&id).await
             });
             let _ = tx.send(());
@@ -981,7 +987,7 @@ async fn an_audit_sink_may_call_back_into_the_manager() {
     sink.manager.set(m.clone()).expect("set once");
     let id = cmk_account(&w, &m, "audit-back", Policy::video_analyzer()).await;
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(m.check(&id).await));
+    assert!(inaccessible(m.probe(&id).await));
     assert!(
         sink.called.load(Ordering::SeqCst),
         "a state change was audited"
@@ -1003,7 +1009,7 @@ async fn handles_from_before_a_cache_refill_die_with_the_revocation() {
     let old = w.manager.keys_for_writing(&id, &blob).await.expect("keys");
     // A successful probe refills the cache; the cache also expires and is refilled.
     assert_eq!(
-        w.manager.check(&id).await.expect("check"),
+        w.manager.probe(&id).await.expect("check"),
         StateKind::Active
     );
     w.clock.advance(Duration::from_secs(301));
@@ -1014,7 +1020,7 @@ async fn handles_from_before_a_cache_refill_die_with_the_revocation() {
         .expect("encrypt");
     let newer = w.manager.keys_for_writing(&id, &blob).await.expect("keys");
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(w.manager.check(&id).await));
+    assert!(inaccessible(w.manager.probe(&id).await));
     for k in [&old, &newer] {
         assert!(inaccessible(k.envelope().expect("env").seal(b"o", b"x")));
     }
@@ -1096,7 +1102,7 @@ async fn double_encrypted_uncovered_classes_survive_revocation_past_the_cache() 
         .await
         .expect("encrypt");
     w.faults.cut(ProviderErrorKind::Forbidden);
-    assert!(inaccessible(w.manager.check(&id).await));
+    assert!(inaccessible(w.manager.probe(&id).await));
     assert_eq!(
         w.manager.decrypt(&id, b"o", &queue).await.expect("warm"),
         b"q"

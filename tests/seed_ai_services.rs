@@ -2,10 +2,9 @@
 
 mod common;
 
-use byok::{
-    AccountId, Error, Identity, KeySource, NewAccount, Permissions, Policy, PolicyViolation,
-    VaultAdmin,
-};
+use byok::account::NewAccount;
+use byok::provider::{Identity, Permissions};
+use byok::{AccountId, Error, KeySource, Policy, PolicyViolation, VaultAdmin};
 use common::{HOST, REGION, TENANT, World, class, violation};
 
 #[tokio::test]
@@ -17,27 +16,9 @@ async fn ai_services_rules() {
     // "The managed identity ... must have the following permissions in key vault: wrap key,
     // unwrap key, get." Each missing one is named; with all three it works.
     for (missing, perms) in [
-        (
-            "get",
-            Permissions {
-                get: false,
-                ..Permissions::CMK
-            },
-        ),
-        (
-            "wrapKey",
-            Permissions {
-                wrap_key: false,
-                ..Permissions::CMK
-            },
-        ),
-        (
-            "unwrapKey",
-            Permissions {
-                unwrap_key: false,
-                ..Permissions::CMK
-            },
-        ),
+        ("get", Permissions::new(false, true, true)),
+        ("wrapKey", Permissions::new(true, false, true)),
+        ("unwrapKey", Permissions::new(true, true, false)),
     ] {
         let who = Identity::new(format!("uami-no-{missing}"));
         w.vault.set_access(&who, perms).await.expect("grant");

@@ -2,10 +2,10 @@
 
 mod common;
 
-use byok::{
-    AccountId, AuditAction, AuditOutcome, Error, KeyId, KeySource, Operation, Policy,
-    PolicyViolation, StateKind, VaultAdmin, inspect,
-};
+use byok::account::{Operation, StateKind};
+use byok::audit::{AuditAction, AuditOutcome};
+use byok::envelope::inspect;
+use byok::{AccountId, Error, KeyId, KeySource, Policy, PolicyViolation, VaultAdmin};
 use common::{HOST, REGION, TENANT, World, class};
 
 #[tokio::test]
@@ -88,7 +88,7 @@ async fn content_safety_rules() {
         .platform_class_key
         .as_ref()
         .expect("platform")
-        .key_id
+        .account_key_id
         .clone();
     assert_eq!(inspect(&n1).expect("i").account_key.id, platform_key);
     let t1 = w
@@ -98,7 +98,7 @@ async fn content_safety_rules() {
         .expect("text");
     assert_eq!(
         inspect(&t1).expect("i").account_key.id,
-        rec.account_key.as_ref().expect("a").key_id
+        rec.account_key.as_ref().expect("a").account_key_id
     );
 
     // "Update the key version": a new version must be set by the user.
@@ -140,7 +140,7 @@ async fn content_safety_rules() {
         .await
         .expect("revoke");
     assert!(matches!(
-        w.manager.check(&id).await,
+        w.manager.probe(&id).await,
         Err(Error::KeyInaccessible { .. })
     ));
     for (ctx, obj) in [(&b"cat/1"[..], &before), (b"bl/1", &n1)] {
@@ -158,7 +158,7 @@ async fn content_safety_rules() {
         .await
         .expect("un-revoke");
     assert_eq!(
-        w.manager.check(&id).await.expect("check"),
+        w.manager.probe(&id).await.expect("check"),
         StateKind::Active
     );
 
@@ -176,7 +176,7 @@ async fn content_safety_rules() {
         .await
         .expect("disable");
     assert_eq!(
-        w.manager.check(&id).await.expect("check"),
+        w.manager.probe(&id).await.expect("check"),
         StateKind::Active
     );
     w.vault
@@ -196,7 +196,7 @@ async fn content_safety_rules() {
         .await
         .expect("identity disabled");
     assert!(matches!(
-        w.manager.check(&other).await,
+        w.manager.probe(&other).await,
         Err(Error::KeyInaccessible { .. })
     ));
     assert!(matches!(
@@ -204,7 +204,7 @@ async fn content_safety_rules() {
         Err(Error::KeyInaccessible { .. })
     ));
     assert!(matches!(
-        w.manager.authorize(&other, Operation::DataRead).await,
+        w.manager.ensure_allowed(&other, Operation::DataRead).await,
         Err(Error::KeyInaccessible { .. })
     ));
 

@@ -2,10 +2,10 @@
 
 mod common;
 
-use byok::{
-    AccountId, Error, KeyId, KeySource, KeySpec, NewAccount, Operation, Permissions, Policy,
-    PolicyViolation, StateKind, VaultAdmin, inspect,
-};
+use byok::account::{NewAccount, Operation, StateKind};
+use byok::envelope::inspect;
+use byok::provider::{KeySpec, Permissions};
+use byok::{AccountId, Error, KeyId, KeySource, Policy, PolicyViolation, VaultAdmin};
 use common::{HOST, REGION, TENANT, World, class};
 
 #[tokio::test]
@@ -137,7 +137,7 @@ async fn media_services_rules() {
     // to the Customer Key Inaccessible State."
     w.vault.remove_identity(&w.identity).await.expect("revoke");
     assert!(matches!(
-        w.manager.check(&id).await,
+        w.manager.probe(&id).await,
         Err(Error::KeyInaccessible { .. })
     ));
     assert_eq!(
@@ -160,7 +160,7 @@ async fn media_services_rules() {
             op,
             Operation::AccountGet | Operation::AccountList | Operation::AccountDelete
         );
-        let r = w.manager.authorize(&id, op).await;
+        let r = w.manager.ensure_allowed(&id, op).await;
         assert_eq!(r.is_ok(), allowed, "{op:?}: {r:?}");
         if let Err(e) = r {
             assert_eq!(e.http_status(), 403, "{op:?}");
@@ -199,7 +199,7 @@ async fn media_services_rules() {
         .await
         .expect("restore");
     assert_eq!(
-        w.manager.check(&id).await.expect("check"),
+        w.manager.probe(&id).await.expect("check"),
         StateKind::Active
     );
     assert_eq!(
@@ -217,7 +217,7 @@ async fn media_services_rules() {
         [9u8; 32]
     );
     w.manager
-        .authorize(&id, Operation::Processing)
+        .ensure_allowed(&id, Operation::Processing)
         .await
         .expect("encoding works again");
 
@@ -227,7 +227,7 @@ async fn media_services_rules() {
         .await
         .expect("revoke again");
     assert!(matches!(
-        w.manager.check(&id).await,
+        w.manager.probe(&id).await,
         Err(Error::KeyInaccessible { .. })
     ));
     w.manager

@@ -4,10 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use byok::{
-    AccountId, AuditAction, Error, KeySource, NewAccount, Operation, Permissions, Policy,
-    PolicyViolation, StateKind, VaultAdmin, inspect,
-};
+use byok::account::{NewAccount, Operation, StateKind};
+use byok::audit::AuditAction;
+use byok::envelope::inspect;
+use byok::provider::Permissions;
+use byok::{AccountId, Error, KeySource, Policy, PolicyViolation, VaultAdmin};
 use common::{HOST, REGION, TENANT, World, class, violation};
 
 #[tokio::test]
@@ -132,8 +133,13 @@ async fn storage_rules() {
         .await
         .expect("table");
     let rec = w.manager.account(&id).await.expect("get");
-    let platform_id = rec.platform_class_key.as_ref().expect("p").key_id.clone();
-    let account_id = rec.account_key.as_ref().expect("a").key_id.clone();
+    let platform_id = rec
+        .platform_class_key
+        .as_ref()
+        .expect("p")
+        .account_key_id
+        .clone();
+    let account_id = rec.account_key.as_ref().expect("a").account_key_id.clone();
     assert_eq!(inspect(&q).expect("q").account_key.id, platform_id);
     assert_eq!(inspect(&t).expect("t").account_key.id, platform_id);
     assert_eq!(inspect(&b1).expect("b").account_key.id, account_id);
@@ -145,7 +151,7 @@ async fn storage_rules() {
         .expect("queue");
     assert_eq!(
         inspect(&q2).expect("q2").account_key.id,
-        chosen.account_key.expect("a").key_id
+        chosen.account_key.expect("a").account_key_id
     );
     // "You can optionally configure these services at the time that you create" — not later.
     assert!(matches!(
@@ -238,14 +244,7 @@ async fn storage_rules() {
             |w, _| {
                 Box::pin(async move {
                     w.vault
-                        .set_access(
-                            &w.identity,
-                            Permissions {
-                                get: true,
-                                wrap_key: true,
-                                unwrap_key: false,
-                            },
-                        )
+                        .set_access(&w.identity, Permissions::new(true, true, false))
                         .await
                         .expect("revoke")
                 })
@@ -288,7 +287,7 @@ async fn storage_rules() {
         revoke(&w, &current).await;
         assert!(
             matches!(
-                w.manager.check(&id).await,
+                w.manager.probe(&id).await,
                 Err(Error::KeyInaccessible { .. })
             ),
             "{what}"
@@ -335,7 +334,7 @@ async fn storage_rules() {
         ] {
             assert_eq!(
                 w.manager
-                    .authorize(&id, op)
+                    .ensure_allowed(&id, op)
                     .await
                     .map_err(|e| e.http_status()),
                 Err(403),
@@ -351,14 +350,14 @@ async fn storage_rules() {
             Operation::AccountDelete,
         ] {
             w.manager
-                .authorize(&id, op)
+                .ensure_allowed(&id, op)
                 .await
                 .unwrap_or_else(|e| panic!("{what}: {op:?} must proceed: {e}"));
         }
         // "To call these operations again, restore access to the customer-managed key."
         restore(&w, &current).await;
         assert_eq!(
-            w.manager.check(&id).await.expect("restored"),
+            w.manager.probe(&id).await.expect("restored"),
             StateKind::Active,
             "{what}"
         );

@@ -2,10 +2,10 @@
 
 mod common;
 
-use byok::{
-    AccountId, Error, KeyId, KeySource, KeySpec, NewAccount, Operation, Permissions, Policy,
-    PolicyViolation, StateKind, VaultAdmin, inspect,
-};
+use byok::account::{NewAccount, Operation, StateKind};
+use byok::envelope::inspect;
+use byok::provider::{KeySpec, Permissions};
+use byok::{AccountId, Error, KeyId, KeySource, Policy, PolicyViolation, VaultAdmin};
 use common::{HOST, REGION, TENANT, World, class, violation};
 
 #[tokio::test]
@@ -95,16 +95,9 @@ async fn video_analyzer_rules() {
     // "Video Analyzer uses a User Assigned Managed Identity to read your key" — an identity
     // without a grant cannot be used.
     let cmk = w.cmk("va-cmk", 3072).await;
-    let stranger = byok::Identity::new("uami-other");
+    let stranger = byok::provider::Identity::new("uami-other");
     w.vault
-        .set_access(
-            &stranger,
-            Permissions {
-                get: true,
-                wrap_key: false,
-                unwrap_key: false,
-            },
-        )
+        .set_access(&stranger, Permissions::new(true, false, false))
         .await
         .expect("grant");
     assert_eq!(
@@ -194,7 +187,7 @@ async fn video_analyzer_rules() {
     let info = inspect(&obj).expect("inspect");
     assert_eq!(
         info.layer2_key.expect("layer 2").id,
-        rec.infrastructure_key.expect("infra").key_id
+        rec.infrastructure_key.expect("infra").account_key_id
     );
 
     // "If the customer key becomes inaccessible (the key has been deleted, the Key Vault has
@@ -259,7 +252,7 @@ async fn video_analyzer_rules() {
             Err(Error::KeyInaccessible { .. })
         ));
         assert!(matches!(
-            w.manager.authorize(&id, Operation::Processing).await,
+            w.manager.ensure_allowed(&id, Operation::Processing).await,
             Err(Error::KeyInaccessible { .. })
         ));
         assert!(
@@ -269,7 +262,7 @@ async fn video_analyzer_rules() {
         // "You can either delete the account, or restore the account key to resume access."
         restore(&w).await;
         assert_eq!(
-            w.manager.check(&id).await.expect("restored"),
+            w.manager.probe(&id).await.expect("restored"),
             StateKind::Active,
             "{cause}"
         );
@@ -290,7 +283,7 @@ async fn video_analyzer_rules() {
     }
     w.vault.delete_key("va-cmk").await.expect("delete");
     assert!(matches!(
-        w.manager.check(&id).await,
+        w.manager.probe(&id).await,
         Err(Error::KeyInaccessible { .. })
     ));
     w.manager

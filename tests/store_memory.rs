@@ -4,8 +4,10 @@
 use std::sync::Weak;
 
 use async_trait::async_trait;
-use byok::store_conformance::{self, Outcome};
-use byok::{AccountId, AccountRecord, AccountStore, ChangeListener, Error, InMemoryAccountStore};
+use byok::account::AccountRecord;
+use byok::store::{AccountStore, ChangeListener, InMemoryAccountStore};
+use byok::testing::store_conformance::{self, Outcome};
+use byok::{AccountId, Error};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_in_memory() {

@@ -10,11 +10,12 @@ mod pg_support;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use byok::store_conformance;
-use byok::{
-    AccountId, AccountRecord, AccountStore, ChangeListener, Error, PostgresAccountStore,
-    PostgresStoreOptions, StoreChange,
+use byok::account::AccountRecord;
+use byok::store::{
+    AccountStore, ChangeListener, PostgresAccountStore, PostgresStoreOptions, StoreChange,
 };
+use byok::testing::store_conformance;
+use byok::{AccountId, Error};
 use pg_support::Cluster;
 
 /// The shared cluster and a fresh database in it, or `None` (skipped) when PostgreSQL is
@@ -84,7 +85,7 @@ fn renamed(r: &AccountRecord, id: &str) -> AccountRecord {
     let mut r = r.clone();
     r.id = AccountId::new(id).unwrap();
     r.revision = 1;
-    r.state = byok::AccountState::Active;
+    r.state = byok::account::AccountState::Active;
     r
 }
 

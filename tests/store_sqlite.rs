@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use byok::store_conformance::{self, Outcome};
-use byok::{AccountStore, Error, SqliteAccountStore};
+use byok::Error;
+use byok::store::{AccountStore, SqliteAccountStore};
+use byok::testing::store_conformance::{self, Outcome};
 
 /// A fresh directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);

@@ -11,13 +11,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use byok::conformance::{self, Outcome};
+use byok::account::{DataClass, NewAccount, PlatformKey, StateKind};
+use byok::audit::{AuditAction, MemoryAuditSink};
+use byok::provider::ProviderFactory;
+use byok::provider::memory::InMemoryVault;
+use byok::provider::transit::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider};
+use byok::provider::{
+    Identity, KeySpec, OaepHash, Permissions, VaultDirectory, VaultProperties, WrapAlgorithm,
+    WrappedKey,
+};
+use byok::testing::ManualClock;
+use byok::testing::provider_conformance::{self as conformance, Outcome};
 use byok::{
-    AccountId, AccountManager, AuditAction, DataClass, Error, Identity, InMemoryVault, KeyId,
-    KeyProvider, KeySource, KeySpec, ManualClock, MemoryAuditSink, NewAccount, OaepHash,
-    Permissions, PlatformKey, Policy, PolicyViolation, ProviderErrorKind as K, RetryPolicy,
-    SecretString, StateKind, TransitAdmin, TransitConfig, TransitProvider, VaultAdmin,
-    VaultDirectory, VaultProperties, WrapAlgorithm, WrappedKey,
+    AccountId, AccountManager, Error, KeyId, KeyProvider, KeySource, Policy, PolicyViolation,
+    ProviderErrorKind as K, SecretString, VaultAdmin,
 };
 use transit_support::{Server, shared};
 
@@ -345,19 +352,17 @@ async fn local_wrap_with_the_public_key_unwraps_on_the_server() {
         let ct = public
             .encrypt_oaep(OaepHash::Sha256, &SECRET, b"")
             .expect("local wrap");
-        let w = WrappedKey {
-            key_name: name.clone(),
-            key_version: version.to_owned(),
-            algorithm: WrapAlgorithm::RsaOaep256,
-            ciphertext: ct,
-        };
+        let w = WrappedKey::new(
+            name.clone(),
+            version.to_owned(),
+            WrapAlgorithm::RsaOaep256,
+            ct,
+        );
         let u = p.unwrap_key(&w).await.expect("server unwrap");
         assert_eq!(u.expose_secret(), SECRET, "version {version}");
         // The same block named under the other version does not unwrap.
-        let other = WrappedKey {
-            key_version: if version == "1" { "2" } else { "1" }.into(),
-            ..w
-        };
+        let mut other = w;
+        other.key_version = if version == "1" { "2" } else { "1" }.into();
         let e = p.unwrap_key(&other).await.expect_err("wrong version");
         assert_eq!(e.kind(), K::UnwrapFailed, "{e}");
         assert!(!e.is_transient());
@@ -410,7 +415,7 @@ async fn wrap_never_auto_creates_and_checks_types() {
 
     let aes = unique("aes");
     let props = admin.create_key(&aes, KeySpec::Aes256).await.expect("aes");
-    assert_eq!(props.key_type, byok::KeyType::Aes { bits: 256 });
+    assert_eq!(props.key_type, byok::provider::KeyType::Aes { bits: 256 });
     let w = p
         .wrap_key(&aes, None, WrapAlgorithm::A256Kw, &SECRET)
         .await
@@ -427,9 +432,10 @@ async fn wrap_never_auto_creates_and_checks_types() {
     assert_eq!(e.kind(), K::WrongKeyType, "{e}");
     // A blob that claims RSA-OAEP-256 under an AES key: the key type is named.
     let e = p
-        .unwrap_key(&WrappedKey {
-            algorithm: WrapAlgorithm::RsaOaep256,
-            ..w.clone()
+        .unwrap_key(&{
+            let mut rsa = w.clone();
+            rsa.algorithm = WrapAlgorithm::RsaOaep256;
+            rsa
         })
         .await
         .expect_err("RSA record under an AES key");
@@ -528,12 +534,7 @@ fn canned(status: u16, body: &'static str) -> (String, Arc<AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_transient_answers_are_retried_and_timeouts_are_bounded() {
-    let blob = WrappedKey {
-        key_name: "k".into(),
-        key_version: "1".into(),
-        algorithm: WrapAlgorithm::RsaOaep256,
-        ciphertext: vec![1; 256],
-    };
+    let blob = WrappedKey::new("k", "1", WrapAlgorithm::RsaOaep256, vec![1; 256]);
     let retry = RetryPolicy::new(3, Duration::from_millis(10), Duration::from_millis(20));
     for (status, body, kind, attempts) in [
         (
@@ -675,7 +676,7 @@ impl TransitAccounts {
         directory.add_vault(&host, admin.clone());
         let clock = Arc::new(ManualClock::default());
         let service = Identity::new("service");
-        let platform = InMemoryVault::with_clock_and_seed(
+        let platform = InMemoryVault::seeded(
             VaultProperties::new("platform.internal", "local", "operator"),
             clock.clone(),
             [1; 32],
@@ -868,7 +869,7 @@ async fn an_account_on_a_transit_key_works_end_to_end_and_follows_rotation() {
         );
     }
     assert_eq!(
-        w.manager.check(&a.id).await.expect("check"),
+        w.manager.probe(&a.id).await.expect("check"),
         StateKind::Active
     );
 
@@ -939,7 +940,7 @@ async fn an_account_on_a_transit_key_works_end_to_end_and_follows_rotation() {
         .await
         .expect("disable v1");
     assert_eq!(
-        w.manager.check(&a.id).await.expect("check"),
+        w.manager.probe(&a.id).await.expect("check"),
         StateKind::Active
     );
     assert!(w.state_changes(&a.id).is_empty());
@@ -975,7 +976,7 @@ async fn an_account_stays_active_through_a_transit_outage() {
         .encrypt(&a.id, &blob(), b"o2", b"during the outage")
         .await
         .expect("encrypt with the cached key");
-    assert_unavailable(w.manager.check(&a.id).await, "check");
+    assert_unavailable(w.manager.probe(&a.id).await, "check");
     assert_unavailable(w.manager.refresh(&a.id).await, "refresh");
     let monitored = w.manager.monitor().await.expect("monitor");
     assert!(
@@ -999,7 +1000,7 @@ async fn an_account_stays_active_through_a_transit_outage() {
         "encrypt",
     );
     assert_unavailable(w.manager.open_field(&a.id, b"f", b"").await, "open field");
-    assert_unavailable(w.manager.check(&a.id).await, "check");
+    assert_unavailable(w.manager.probe(&a.id).await, "check");
     assert_eq!(w.state(&a.id).await, StateKind::Active);
     assert!(w.state_changes(&a.id).is_empty());
 }
@@ -1029,7 +1030,7 @@ async fn revoked_policy_or_soft_deleted_key_locks_the_account_until_restored() {
     w.admin.delete_key(&deleted.key).await.expect("soft-delete");
 
     for (a, reason) in [(&revoked, "permission denied"), (&deleted, "soft-deleted")] {
-        match w.manager.check(&a.id).await {
+        match w.manager.probe(&a.id).await {
             Err(e @ Error::KeyInaccessible { .. }) => {
                 assert_eq!(e.http_status(), 403);
                 assert!(e.to_string().contains(reason), "{e}");
@@ -1048,7 +1049,7 @@ async fn revoked_policy_or_soft_deleted_key_locks_the_account_until_restored() {
         assert_inaccessible(w.manager.seal_field(&a.id, b"f", b"v").await, "seal field");
     }
     // A second probe keeps the state (no transition to itself).
-    assert_inaccessible(w.manager.check(&revoked.id).await, "check again");
+    assert_inaccessible(w.manager.probe(&revoked.id).await, "check again");
 
     // Restored: access granted again / the key recovered from soft-delete.
     w.admin
@@ -1063,7 +1064,7 @@ async fn revoked_policy_or_soft_deleted_key_locks_the_account_until_restored() {
     w.clock.advance(Duration::from_secs(301));
     for (a, o) in [&revoked, &deleted].into_iter().zip(&objects) {
         assert_eq!(
-            w.manager.check(&a.id).await.expect("check"),
+            w.manager.probe(&a.id).await.expect("check"),
             StateKind::Active
         );
         assert_eq!(w.state(&a.id).await, StateKind::Active);
@@ -1239,12 +1240,7 @@ async fn error_text_is_bounded_and_never_carries_the_request() {
             .expect_err(what);
         assert_clean(&e, what);
         assert!(!format!("{e:?}").contains("hostile-token"));
-        let blob = WrappedKey {
-            key_name: "k".into(),
-            key_version: "1".into(),
-            algorithm: WrapAlgorithm::A256Kw,
-            ciphertext: PLAIN.repeat(2),
-        };
+        let blob = WrappedKey::new("k", "1", WrapAlgorithm::A256Kw, PLAIN.repeat(2));
         let e = p.unwrap_key(&blob).await.expect_err(what);
         assert_clean(&e, what);
     }
@@ -1586,7 +1582,7 @@ async fn an_expired_service_token_leaves_the_account_active() {
         w.manager.encrypt(&a.id, &blob(), b"o2", b"x").await,
         "encrypt",
     );
-    assert_unavailable(w.manager.check(&a.id).await, "check");
+    assert_unavailable(w.manager.probe(&a.id).await, "check");
     assert_unavailable(w.manager.refresh(&a.id).await, "refresh");
     assert_eq!(w.state(&a.id).await, StateKind::Active);
     assert!(w.state_changes(&a.id).is_empty());

@@ -70,7 +70,7 @@ impl AccountManager {
 
     /// [`commit`](Self::commit); with `unless_probed_after`, the write is also refused (a
     /// conflict) when a successful probe began after that time
-    /// ([`crate::AccountStore::update_unless_probed_after`]).
+    /// ([`crate::store::AccountStore::update_unless_probed_after`]).
     pub(crate) async fn commit_guarded(
         &self,
         cell: &Cell,
@@ -375,8 +375,8 @@ mod tests {
     use super::*;
     use crate::account::policy::Policy;
     use crate::account::record::AccountId;
-    use crate::account::store::VaultDirectory;
     use crate::account::{NewAccount, PlatformKey};
+    use crate::provider::VaultDirectory;
     use crate::provider::memory::InMemoryVault;
     use crate::provider::{
         Identity, KeySpec, Permissions, VaultAdmin, VaultProperties, WrapAlgorithm,

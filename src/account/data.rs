@@ -114,8 +114,9 @@ fn plan(
             if account_id != rec.id.as_str() {
                 return Err(Error::Decryption);
             }
-            let matches =
-                |w: &Option<WrappedAccountKey>| w.as_ref().is_some_and(|w| w.key_id == key_id);
+            let matches = |w: &Option<WrappedAccountKey>| {
+                w.as_ref().is_some_and(|w| w.account_key_id == key_id)
+            };
             let slot = if matches(&rec.account_key) {
                 Slot::Account
             } else if matches(&rec.platform_class_key) {
@@ -133,7 +134,7 @@ fn plan(
                     if rec
                         .infrastructure_key
                         .as_ref()
-                        .is_some_and(|w| w.key_id == l2) =>
+                        .is_some_and(|w| w.account_key_id == l2) =>
                 {
                     true
                 }
@@ -233,7 +234,7 @@ impl AccountManager {
         self.object_keys(id, Want::Write(class)).await
     }
 
-    /// The keys to read the object whose header is `header` (from [`crate::inspect`], or
+    /// The keys to read the object whose header is `header` (from [`crate::envelope::inspect`], or
     /// [`OpenHeader::info`] for streams: the two-phase open). Checks the state gate for
     /// [`Operation::DataRead`]; like [`keys_for_writing`](Self::keys_for_writing) they stop
     /// working on revocation.
@@ -244,7 +245,7 @@ impl AccountManager {
     pub async fn keys_for_reading(
         &self,
         id: &AccountId,
-        header: &crate::HeaderInfo,
+        header: &crate::envelope::HeaderInfo,
     ) -> Result<ObjectKeys, Error> {
         self.object_keys(id, Want::from(header)).await
     }
@@ -341,7 +342,7 @@ impl AccountManager {
     }
 
     /// A streaming reader of plaintext bytes `range` of the object that starts at the current
-    /// position of `source` and extends to its end (use [`Bounded`](crate::Bounded) if more
+    /// position of `source` and extends to its end (use [`Bounded`](crate::envelope::Bounded) if more
     /// follows): the header is read once, the reader seeks to the chunk that holds
     /// `range.start` and reads on chunk by chunk, only the covering chunks read and
     /// authenticated, never the whole range in memory. Damage outside those chunks is not
@@ -387,7 +388,7 @@ impl AccountManager {
         class: &DataClass,
         context: &[u8],
         sink: W,
-    ) -> Result<crate::AsyncSealWriter<W>, Error> {
+    ) -> Result<crate::envelope::AsyncSealWriter<W>, Error> {
         let keys = self.keys_for_writing(id, class).await?;
         keys.envelope()?.seal_async_writer(context, sink)
     }
@@ -405,7 +406,7 @@ impl AccountManager {
         id: &AccountId,
         context: &[u8],
         source: R,
-    ) -> Result<crate::AsyncOpenReader<R>, Error> {
+    ) -> Result<crate::envelope::AsyncOpenReader<R>, Error> {
         let header = OpenHeader::read_async(source)
             .await
             .map_err(crate::envelope::opaque_header_error)?;
@@ -464,8 +465,8 @@ mod tests {
 
     use super::*;
     use crate::account::policy::{DoubleEncryption, Policy};
-    use crate::account::store::VaultDirectory;
     use crate::account::{NewAccount, PlatformKey};
+    use crate::provider::VaultDirectory;
     use crate::provider::memory::InMemoryVault;
     use crate::provider::{
         Identity, KeySpec, Permissions, VaultAdmin, VaultProperties, WrapAlgorithm,

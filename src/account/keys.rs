@@ -90,7 +90,7 @@ impl AccountManager {
                 let raw = secret.to_aes_key()?;
                 let prepared = PreparedKey::with_liveness(
                     rec.id.as_str(),
-                    &AccountKey::new(wrapped.key_id.clone(), 1, raw.duplicate())?,
+                    &AccountKey::new(wrapped.account_key_id.clone(), 1, raw.duplicate())?,
                     begun.liveness[slot as usize].clone(),
                 )?;
                 Ok(Unwrapped {

@@ -329,7 +329,7 @@ impl AccountManager {
     /// [`Error::KeyInaccessible`] (403) when the key is inaccessible and the policy does not
     /// list `op`; [`Error::AccountNotFound`] (404) for a deleted or unknown account;
     /// [`Error::Store`] when the record is due for a re-read and the store fails.
-    pub async fn authorize(&self, id: &AccountId, op: Operation) -> Result<(), Error> {
+    pub async fn ensure_allowed(&self, id: &AccountId, op: Operation) -> Result<(), Error> {
         let cell = self.fresh_cell(id).await?;
         let result = cell.read().gate(op, None);
         self.audit_denial(&cell, op, result)

@@ -12,13 +12,14 @@ use super::live::{Cell, Flight, Learned, copy_error, locked_slots, nanos, wrappe
 use super::record::{
     AccountId, AccountRecord, AccountState, KeyRole, StateKind, WrappedAccountKey,
 };
-use super::store::{AccountStore, ChangeListener, InMemoryAccountStore, KeyResolver, StoreChange};
 use super::{ALL_SLOTS, Slot};
 use crate::audit::{AuditAction, AuditEvent, AuditOutcome, AuditSink, TracingAuditSink};
 use crate::clock::{Clock, SystemClock};
 use crate::envelope::Revoked;
 use crate::error::Error;
+use crate::provider::KeyResolver;
 use crate::provider::{Identity, WrapAlgorithm};
+use crate::store::{AccountStore, ChangeListener, InMemoryAccountStore, StoreChange};
 
 /// How long a manager uses its copy of a record before re-reading the store, by default.
 pub const DEFAULT_RECORD_MAX_AGE: Duration = Duration::from_secs(2);
@@ -471,7 +472,7 @@ impl AccountManager {
         for &s in &ALL_SLOTS {
             // Another account key under the same id (never by re-wrapping): drop its cache.
             let same_key = match (wrapped_of(&old, s), live.wrapped(s)) {
-                (Some(a), Some(b)) => a.key_id == b.key_id,
+                (Some(a), Some(b)) => a.account_key_id == b.account_key_id,
                 _ => false,
             };
             if !same_key {
@@ -535,7 +536,11 @@ impl AccountManager {
 /// its tombstone purged, the id reused): deletion is final, and every account has its own
 /// creation time and its own random account-level key ids.
 fn another_incarnation(copy: &AccountRecord, stored: &AccountRecord) -> bool {
-    let key_ids = |r: &AccountRecord| r.platform_class_key.as_ref().map(|w| w.key_id.clone());
+    let key_ids = |r: &AccountRecord| {
+        r.platform_class_key
+            .as_ref()
+            .map(|w| w.account_key_id.clone())
+    };
     copy.created != stored.created
         || (copy.state.kind() == StateKind::Deleted && stored.state.kind() != StateKind::Deleted)
         || matches!((key_ids(copy), key_ids(stored)), (Some(a), Some(b)) if a != b)

@@ -8,11 +8,14 @@
 //! | `live.rs` | one account in this process: record copy, observations, key cache, single flights |
 //! | `commit.rs` | commits (transition table, epochs, merge on conflict) and observations |
 //! | `keys.rs` | the account-key cache with single flight (success and failure shared) |
-//! | `probe.rs` | `check`, `refresh`, `monitor` |
+//! | `probe.rs` | `probe`, `refresh`, `monitor`, `invalidate` |
 //! | `lifecycle.rs` | create, key changes (re-wrap), delete, gates and listings |
 //! | `validate.rs` | customer-key validation and proven wrapping |
 //! | `data.rs` | objects and sealed fields |
-//! | `policy.rs`, `record.rs`, `store.rs` | policies, the persistent record, stores and resolvers |
+//! | `policy.rs`, `record.rs` | policies (the seed documents' rules), the persistent record |
+//!
+//! Records are kept by an [`AccountStore`](crate::store::AccountStore) (`crate::store`); the
+//! tenants' vaults are reached through a [`KeyResolver`](crate::provider::KeyResolver).
 
 mod commit;
 pub(crate) mod data;
@@ -23,8 +26,14 @@ mod manager;
 pub(crate) mod policy;
 mod probe;
 pub(crate) mod record;
-pub(crate) mod store;
 mod validate;
+
+pub use self::data::ObjectKeys;
+pub use self::policy::{DataClass, DoubleEncryption, Operation, Policy, PolicyBuilder};
+pub use self::record::{
+    AccountId, AccountRecord, AccountState, KeyRole, KeySource, RECORD_FORMAT, StateKind,
+    WrappedAccountKey,
+};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -33,8 +42,6 @@ pub use self::manager::{
     AccountManager, AccountManagerBuilder, DEFAULT_FAILURE_WINDOW, DEFAULT_MONITOR_CONCURRENCY,
     DEFAULT_RECORD_MAX_AGE,
 };
-use self::policy::{DataClass, Policy};
-use self::record::{AccountId, KeyRole, KeySource, StateKind};
 use crate::error::Error;
 use crate::provider::{KeyProvider, WrapAlgorithm};
 

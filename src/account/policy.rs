@@ -12,7 +12,7 @@ use crate::provider::Permissions;
 /// The crate's own data calls map to `DataRead`/`DataWrite` (objects) and
 /// `MetadataRead`/`MetadataWrite` (sealed fields); operations the application performs without
 /// the crate (listing, deleting objects, account GET) are checked with
-/// [`crate::AccountManager::authorize`].
+/// [`crate::AccountManager::ensure_allowed`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Operation {
@@ -81,6 +81,7 @@ impl core::fmt::Display for DataClass {
 
 /// Whether an account gets the second encryption layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum DoubleEncryption {
     /// Always on (Video Analyzer, Media Services).
     Always,
@@ -180,16 +181,21 @@ impl Policy {
     /// a lost key disables the account (account GET/LIST/DELETE only), double encryption always
     /// on.
     pub fn video_analyzer() -> Policy {
-        Self::builder("video-analyzer")
-            .require_same_region(true)
-            .double_encryption(DoubleEncryption::Always)
-            .build()
+        Self::same_region_double("video-analyzer")
     }
 
-    /// Media Services: as Video Analyzer; while the key is inaccessible only account GET, LIST
-    /// and DELETE work; double encryption always on.
+    /// Media Services: the same rules as [`video_analyzer`](Self::video_analyzer) — the two
+    /// seed documents agree on every rule this crate models (key types and sizes, same region,
+    /// vault protection, automatic rotation, account GET/LIST/DELETE only while the key is
+    /// inaccessible, double encryption always on); only the policy's name differs, so audit
+    /// trails and errors say which product's rules applied.
     pub fn media_services() -> Policy {
-        Self::builder("media-services")
+        Self::same_region_double("media-services")
+    }
+
+    /// The rules Video Analyzer and Media Services share, under `name`.
+    fn same_region_double(name: &str) -> Policy {
+        Self::builder(name)
             .require_same_region(true)
             .double_encryption(DoubleEncryption::Always)
             .build()

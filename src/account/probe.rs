@@ -1,4 +1,4 @@
-//! Probes of the customer key: `check`, `refresh` (automatic rotation) and `monitor` (every
+//! Probes of the customer key: `probe`, `refresh` (automatic rotation) and `monitor` (every
 //! account, concurrently, skipping those another replica probed recently).
 
 use std::future::Future;
@@ -66,13 +66,13 @@ impl AccountManager {
     /// success restores `Active` (every object written before opens again) — but only if
     /// nothing was observed since this probe began: a probe that started before a revocation
     /// never undoes it. A transient failure changes nothing. A probe that changes nothing
-    /// writes only the probe time ([`crate::AccountStore::record_probe`]), never a revision.
+    /// writes only the probe time ([`crate::store::AccountStore::record_probe`]), never a revision.
     ///
     /// # Errors
     /// [`Error::AccountNotFound`]; [`Error::KeyInaccessible`] (also when a newer observation
     /// than this probe says so); [`Error::Unavailable`] for a transient failure;
     /// [`Error::Store`]; provider errors for the platform key.
-    pub async fn check(&self, id: &AccountId) -> Result<StateKind, Error> {
+    pub async fn probe(&self, id: &AccountId) -> Result<StateKind, Error> {
         let cell = self.fresh_cell(id).await?;
         let mut retried = false;
         loop {
@@ -102,16 +102,16 @@ impl AccountManager {
         }
     }
 
-    /// [`check`](Self::check), then — for a versionless customer key under a policy that
+    /// [`probe`](Self::probe), then — for a versionless customer key under a policy that
     /// follows the latest version — picks up a newer enabled version and re-wraps the account
     /// key under it (automatic rotation). A pinned version stays until the owner updates it.
     /// A definitive failure of the latest-version lookup locks the account like a failed
     /// probe.
     ///
     /// # Errors
-    /// As [`check`](Self::check) and [`set_customer_key`](Self::set_customer_key).
+    /// As [`probe`](Self::probe) and [`set_customer_key`](Self::set_customer_key).
     pub async fn refresh(&self, id: &AccountId) -> Result<AccountRecord, Error> {
-        self.check(id).await?;
+        self.probe(id).await?;
         let cell = self.cell(id).await?;
         let begun = self.begin(&cell);
         let rec = &begun.record;
@@ -215,7 +215,7 @@ impl AccountManager {
     /// Drops the in-process view of `id` (cache, record copy) so the next call reloads it.
     /// Rarely needed: records are re-read on their own after `record_max_age` or a change
     /// hint.
-    pub fn forget(&self, id: &AccountId) {
+    pub fn invalidate(&self, id: &AccountId) {
         let cell = self
             .inner
             .cells

@@ -128,6 +128,7 @@ impl AccountState {
 
 /// A lifecycle state's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum StateKind {
     /// See [`AccountState::Active`].
     Active,
@@ -202,8 +203,10 @@ impl KeyRole {
 #[serde(from = "WrappedAccountKeyRepr")]
 #[non_exhaustive]
 pub struct WrappedAccountKey {
-    /// The account-level key's own id (stable across re-wraps; objects name it).
-    pub key_id: String,
+    /// The account-level key's own id (stable across re-wraps; objects' headers name it). Not
+    /// to be confused with the [`KeyId`] of the vault key that wraps it. Stored as `key_id`.
+    #[serde(rename = "key_id")]
+    pub account_key_id: String,
     /// Whose key wraps it. Decides what a revocation locks: only [`KeyRole::Customer`]
     /// wrappings follow the tenant's key.
     pub role: KeyRole,
@@ -215,10 +218,10 @@ pub struct WrappedAccountKey {
 }
 
 impl WrappedAccountKey {
-    /// A wrapping of the account-level key `key_id` by a key in `role`.
-    pub fn new(key_id: &str, role: KeyRole, vault: &str, wrapped: WrappedKey) -> Self {
+    /// A wrapping of the account-level key `account_key_id` by a key in `role`.
+    pub fn new(account_key_id: &str, role: KeyRole, vault: &str, wrapped: WrappedKey) -> Self {
         Self {
-            key_id: key_id.to_owned(),
+            account_key_id: account_key_id.to_owned(),
             role,
             vault: vault.to_owned(),
             wrapped,
@@ -253,7 +256,7 @@ impl From<WrappedAccountKeyRepr> for WrappedAccountKey {
             _ => KeyRole::Customer,
         });
         Self {
-            key_id: r.key_id,
+            account_key_id: r.key_id,
             role,
             vault: r.vault,
             wrapped: r.wrapped,
@@ -262,7 +265,7 @@ impl From<WrappedAccountKeyRepr> for WrappedAccountKey {
 }
 
 /// The persistent record of one account. The application stores it where it likes (see
-/// [`crate::AccountStore`]); it holds no plaintext key material.
+/// [`crate::store::AccountStore`]); it holds no plaintext key material.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct AccountRecord {
@@ -310,7 +313,7 @@ pub struct AccountRecord {
     /// Last time the account key was re-wrapped under another key or version.
     pub last_rotated: Option<SystemTime>,
     /// Last probe of the key source (by any replica). Stores may update it without a
-    /// revision change ([`crate::AccountStore::record_probe`]), so probes cause no conflicts.
+    /// revision change ([`crate::store::AccountStore::record_probe`]), so probes cause no conflicts.
     pub last_probed: Option<SystemTime>,
 }
 

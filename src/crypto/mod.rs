@@ -26,6 +26,7 @@ pub(crate) const GCM_TAG_LEN: usize = 16;
 
 /// The hash used by RSA-OAEP (for both the label hash and MGF1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum OaepHash {
     /// SHA-1, for the `RSA-OAEP` algorithm (HSM tokens without SHA-256 OAEP).
     Sha1,

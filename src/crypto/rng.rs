@@ -92,6 +92,7 @@ impl TryCryptoRng for ThreadRng {}
 pub(crate) struct SeededRng(ChaCha20Rng);
 
 impl SeededRng {
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     pub(crate) fn new(seed: [u8; 32]) -> Self {
         Self(ChaCha20Rng::from_seed(seed))
     }

@@ -22,7 +22,7 @@ pub(crate) const FIXED_LEN: usize = 10;
 /// The longest header a version-1 object can have; a header that claims more is refused
 /// before anything is allocated. Reading this many bytes always suffices for [`inspect`].
 ///
-/// [`inspect`]: crate::inspect
+/// [`inspect`]: crate::envelope::inspect
 pub const MAX_HEADER_LEN: usize = 1024;
 /// Smallest chunk: 2^6 = 64 bytes of plaintext.
 pub(crate) const MIN_CHUNK_EXP: u8 = 6;
@@ -45,7 +45,7 @@ pub(crate) const MIN_HEADER_LEN: usize = FIXED_LEN + 1 + 1 + LAYER_FIXED_LEN + 1
 /// (operators need to know *why*); opening an object never returns them — every failure to
 /// open untrusted bytes is the opaque [`Error::Decryption`](crate::Error::Decryption).
 ///
-/// [`inspect`]: crate::inspect
+/// [`inspect`]: crate::envelope::inspect
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FormatError {
@@ -313,7 +313,7 @@ pub struct LayerKeyInfo {
     pub version: u32,
 }
 
-/// What an object's header says, read without any key (see [`inspect`](crate::inspect)).
+/// What an object's header says, read without any key (see [`inspect`](crate::envelope::inspect)).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct HeaderInfo {

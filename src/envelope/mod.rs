@@ -46,12 +46,13 @@ use crate::error::Error;
 /// Cheap to build and `Copy`: it borrows the [`PreparedKey`]s that the account layer caches.
 ///
 /// ```
-/// use byok::{AccountKey, AesKey, Envelope, PreparedKey};
+/// use byok::{AesKey, Envelope};
+/// use byok::envelope::{AccountKey, PreparedKey};
 /// let key = PreparedKey::new("tenant-a", &AccountKey::new("ak", 1, AesKey::generate())?)?;
 /// let env = Envelope::new(&key);
 /// let object = env.seal(b"videos/intro.mp4", b"hello")?;
 /// assert_eq!(env.open(b"videos/intro.mp4", &object)?, b"hello");
-/// assert_eq!(byok::inspect(&object)?.account_id, "tenant-a");
+/// assert_eq!(byok::envelope::inspect(&object)?.account_id, "tenant-a");
 /// # Ok::<(), byok::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug)]
@@ -452,7 +453,7 @@ fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, Error> {
 /// # async fn demo<R: std::io::Read>(m: &byok::AccountManager, id: &byok::AccountId, body: R)
 /// # -> Result<(), byok::Error> {
 /// use std::io::Read;
-/// let header = byok::OpenHeader::read(body)?;
+/// let header = byok::envelope::OpenHeader::read(body)?;
 /// let keys = m.keys_for_reading(id, header.info()).await?;
 /// let mut plaintext = header.open(&keys.envelope()?, b"object name")?;
 /// let mut out = Vec::new();

@@ -627,7 +627,7 @@ impl<R: Read + Seek> OpenReader<R> {
 /// Random access by chunk for seekable sources: a seek reads and authenticates only the chunk
 /// that holds the new position (none if it is already loaded); reading on continues chunk by
 /// chunk. Positions are plaintext offsets; the object extends to the end of the inner reader
-/// (use [`Bounded`](crate::Bounded) if more follows). Seeking past the plaintext's end is an
+/// (use [`Bounded`](crate::envelope::Bounded) if more follows). Seeking past the plaintext's end is an
 /// `InvalidInput` error; after an authentication failure every seek fails too.
 impl<R: Read + Seek> Seek for OpenReader<R> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {

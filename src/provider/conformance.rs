@@ -3,8 +3,8 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let vault = byok::InMemoryVault::new(byok::VaultProperties::new("v.example", "r", "t"));
-//! let report = byok::conformance::run(&vault).await; // your VaultAdmin here
+//! let vault = byok::provider::memory::InMemoryVault::new(byok::provider::VaultProperties::new("v.example", "r", "t"));
+//! let report = byok::testing::provider_conformance::run(&vault).await; // your VaultAdmin here
 //! report.assert_passed();
 //! # });
 //! ```
@@ -20,6 +20,7 @@ use crate::error::{Error, ProviderError, ProviderErrorKind as K};
 
 /// How one scenario ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// All its checks held.
     Passed,
@@ -31,6 +32,7 @@ pub enum Outcome {
 
 /// The result of a conformance run: one line per scenario.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct ConformanceReport {
     /// `(scenario, outcome)` in the order they ran.
     pub scenarios: Vec<(&'static str, Outcome)>,

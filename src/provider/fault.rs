@@ -57,7 +57,10 @@ struct Faults {
 ///
 /// ```
 /// # use std::sync::Arc;
-/// use byok::{FaultInjector, Identity, InMemoryVault, ProviderErrorKind, VaultProperties};
+/// use byok::ProviderErrorKind;
+/// use byok::provider::{Identity, VaultProperties};
+/// use byok::provider::memory::InMemoryVault;
+/// use byok::testing::FaultInjector;
 /// let vault = InMemoryVault::new(VaultProperties::new("v.example", "r", "t"));
 /// let faulty = FaultInjector::new(Arc::new(vault.provider(&Identity::new("app"))), 7);
 /// faulty.cut(ProviderErrorKind::Unavailable); // the vault "goes away"

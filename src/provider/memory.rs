@@ -12,6 +12,7 @@ use crate::error::ProviderError;
 /// The randomness a software vault draws keys from.
 pub(crate) enum VaultRng {
     Os,
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     Seeded(Box<SeededRng>),
 }
 
@@ -52,8 +53,9 @@ struct Inner {
 ///
 /// ```
 /// # tokio_test_block_on(async {
-/// use byok::{Identity, InMemoryVault, KeyProvider, KeySpec, Permissions, VaultAdmin,
-///            VaultProperties, WrapAlgorithm};
+/// use byok::{KeyProvider, VaultAdmin};
+/// use byok::provider::{Identity, KeySpec, Permissions, VaultProperties, WrapAlgorithm};
+/// use byok::provider::memory::InMemoryVault;
 /// let vault = InMemoryVault::new(VaultProperties::new("contoso.vault.example", "westeurope", "t1"));
 /// vault.create_key("cmk", KeySpec::Rsa(2048)).await?;
 /// let app = Identity::new("app");
@@ -86,12 +88,11 @@ impl InMemoryVault {
     }
 
     /// An empty vault with an injected clock (retention periods) and a fixed RNG seed (key
-    /// generation), so tests are deterministic. Never use a fixed seed in production.
-    pub fn with_clock_and_seed(
-        props: VaultProperties,
-        clock: Arc<dyn Clock>,
-        seed: [u8; 32],
-    ) -> Self {
+    /// generation), so tests are deterministic (feature `testing`). Never use a fixed seed in
+    /// production: every key it generates is predictable.
+    #[cfg(any(test, feature = "testing"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    pub fn seeded(props: VaultProperties, clock: Arc<dyn Clock>, seed: [u8; 32]) -> Self {
         Self::with_parts(
             props,
             clock,

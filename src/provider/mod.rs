@@ -1,5 +1,19 @@
-//! The `KeyProvider` seam between the crate and wherever keys live, and the vault
-//! administration surface that the bundled providers implement.
+//! Where keys live: the [`KeyProvider`] seam between the crate and a vault, HSM or KMS, the
+//! [`VaultAdmin`] surface the bundled providers implement (the vault owner's side, for tests
+//! and examples), [`ProviderFactory`] (a provider per identity) and the [`KeyResolver`] that
+//! takes an account's key to its provider ([`VaultDirectory`]).
+//!
+//! The bundled providers, one module each:
+//!
+//! | module | backend | feature |
+//! | --- | --- | --- |
+//! | [`memory`] | a software vault in process memory (the demo default) | — |
+//! | [`file`](mod@file) | a software vault in an encrypted directory (unix) | — |
+//! | `pkcs11` | a PKCS#11 token (HSM); `docs/PKCS11.md` | `pkcs11` |
+//! | `transit` | Vault / OpenBao Transit over HTTPS; `docs/TRANSIT.md` | `transit` |
+//!
+//! The in-memory and file vaults are one generic software vault (`soft.rs`) over two
+//! storages. The conformance suite every provider passes is `byok::testing::provider_conformance`.
 
 use core::fmt;
 use core::str::FromStr;
@@ -9,21 +23,28 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::RsaPublic;
 use crate::error::{Error, ProviderError};
 use crate::secret::SecretBytes;
 
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod conformance;
+mod directory;
+#[cfg(any(test, feature = "testing"))]
 pub(crate) mod fault;
 #[cfg(unix)]
-pub(crate) mod file;
-pub(crate) mod memory;
+#[cfg_attr(docsrs, doc(cfg(unix)))]
+pub mod file;
+pub mod memory;
 #[cfg(feature = "pkcs11")]
-pub(crate) mod pkcs11;
+#[cfg_attr(docsrs, doc(cfg(feature = "pkcs11")))]
+pub mod pkcs11;
 pub(crate) mod soft;
 #[cfg(feature = "transit")]
-pub(crate) mod transit;
+#[cfg_attr(docsrs, doc(cfg(feature = "transit")))]
+pub mod transit;
+
+pub use crate::crypto::{OaepHash, RsaPublic};
+pub use directory::{KeyResolver, VaultDirectory};
 
 /// Refuses key names a [`crate::KeyId`] cannot carry (every provider creates only those).
 pub(crate) fn check_name(name: &str) -> Result<(), ProviderError> {
@@ -207,6 +228,7 @@ impl From<WrapAlgorithm> for String {
 
 /// A secret wrapped by a vault key, with the exact key version and algorithm that wrapped it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct WrappedKey {
     /// Name of the wrapping key.
     pub key_name: String,
@@ -217,6 +239,24 @@ pub struct WrappedKey {
     /// The wrapped bytes.
     #[serde(with = "hex_bytes")]
     pub ciphertext: Vec<u8>,
+}
+
+impl WrappedKey {
+    /// `ciphertext` wrapped by version `key_version` of key `key_name` with `algorithm` (what a
+    /// [`KeyProvider::wrap_key`] returns).
+    pub fn new(
+        key_name: impl Into<String>,
+        key_version: impl Into<String>,
+        algorithm: WrapAlgorithm,
+        ciphertext: Vec<u8>,
+    ) -> Self {
+        Self {
+            key_name: key_name.into(),
+            key_version: key_version.into(),
+            algorithm,
+            ciphertext,
+        }
+    }
 }
 
 mod hex_bytes {
@@ -265,7 +305,7 @@ impl VaultProperties {
     }
 
     /// The same properties with soft-delete and purge protection set.
-    pub fn with_protection(mut self, soft_delete: bool, purge_protection: bool) -> Self {
+    pub fn protection(mut self, soft_delete: bool, purge_protection: bool) -> Self {
         self.soft_delete = soft_delete;
         self.purge_protection = purge_protection;
         self
@@ -297,6 +337,7 @@ impl fmt::Display for Identity {
 
 /// Key permissions of an identity on a vault, as in a Key Vault access policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Permissions {
     /// Read key properties (`get`).
     pub get: bool,
@@ -307,6 +348,15 @@ pub struct Permissions {
 }
 
 impl Permissions {
+    /// The permissions `get`, `wrapKey` and `unwrapKey` as given.
+    pub const fn new(get: bool, wrap_key: bool, unwrap_key: bool) -> Self {
+        Self {
+            get,
+            wrap_key,
+            unwrap_key,
+        }
+    }
+
     /// `get`, `wrapKey` and `unwrapKey`: exactly what a customer-managed key needs.
     pub const CMK: Self = Self {
         get: true,
@@ -441,11 +491,26 @@ impl AdminCapabilities {
     };
 }
 
+/// Hands out a [`KeyProvider`] acting as one identity on a vault: what a [`KeyResolver`]
+/// such as [`VaultDirectory`] needs to reach tenants' keys (no owner-level access).
+#[async_trait]
+pub trait ProviderFactory: Send + Sync + fmt::Debug {
+    /// A provider that acts as `identity` on this vault.
+    ///
+    /// # Errors
+    /// A backend-specific failure to set up the connection.
+    async fn provider_for(
+        &self,
+        identity: &Identity,
+    ) -> Result<Arc<dyn KeyProvider>, ProviderError>;
+}
+
 /// Vault administration: what the vault's owner does (create, rotate, disable, delete,
 /// recover, purge, grant). Implemented by the bundled providers so that tests and examples can
-/// play the vault owner; a service in production usually has no such access.
+/// play the vault owner; a service in production usually has no such access. Every admin
+/// handle is also a [`ProviderFactory`].
 #[async_trait]
-pub trait VaultAdmin: Send + Sync + fmt::Debug {
+pub trait VaultAdmin: ProviderFactory {
     /// What this backend supports.
     fn capabilities(&self) -> AdminCapabilities;
 
@@ -519,13 +584,4 @@ pub trait VaultAdmin: Send + Sync + fmt::Debug {
     /// # Errors
     /// `Unsupported` where the backend has no identities.
     async fn remove_identity(&self, identity: &Identity) -> Result<(), ProviderError>;
-
-    /// A provider that acts as `identity` on this vault.
-    ///
-    /// # Errors
-    /// A backend-specific failure to set up the connection.
-    async fn provider_for(
-        &self,
-        identity: &Identity,
-    ) -> Result<Arc<dyn KeyProvider>, ProviderError>;
 }

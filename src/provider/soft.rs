@@ -703,7 +703,10 @@ macro_rules! soft_vault_impls {
                     identity: identity.clone(),
                 })
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::provider::ProviderFactory for $vault {
             async fn provider_for(
                 &self,
                 identity: &$crate::provider::Identity,

@@ -11,7 +11,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use byok::{FileVault, Identity, Permissions, VaultAdmin};
+use byok::VaultAdmin;
+use byok::provider::file::FileVault;
+use byok::provider::{Identity, Permissions};
 
 #[path = "../file_vault_crash_common/mod.rs"]
 mod common;

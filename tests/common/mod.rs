@@ -5,11 +5,15 @@
 
 use std::sync::Arc;
 
-use byok::{
-    AccountId, AccountManager, FaultInjector, Identity, InMemoryAccountStore, InMemoryVault, KeyId,
-    KeySpec, ManualClock, MemoryAuditSink, NewAccount, Permissions, PlatformKey, Policy,
-    ProviderOp, VaultAdmin, VaultDirectory, VaultProperties, WrapAlgorithm,
+use byok::account::{NewAccount, PlatformKey};
+use byok::audit::MemoryAuditSink;
+use byok::provider::memory::InMemoryVault;
+use byok::provider::{
+    Identity, KeySpec, Permissions, VaultDirectory, VaultProperties, WrapAlgorithm,
 };
+use byok::store::InMemoryAccountStore;
+use byok::testing::{FaultInjector, ManualClock, ProviderOp};
+use byok::{AccountId, AccountManager, KeyId, Policy, VaultAdmin};
 
 pub const HOST: &str = "contoso.vault.example";
 pub const REGION: &str = "westeurope";
@@ -37,7 +41,7 @@ pub fn vault(
     seed: u8,
     clock: &Arc<ManualClock>,
 ) -> InMemoryVault {
-    InMemoryVault::with_clock_and_seed(
+    InMemoryVault::seeded(
         VaultProperties::new(host, region, tenant),
         clock.clone(),
         [seed; 32],
@@ -114,9 +118,9 @@ impl World {
     /// as given (the world's own for the usual case).
     pub fn replica_builder(
         &self,
-        store: Arc<dyn byok::AccountStore>,
-        resolver: Arc<dyn byok::KeyResolver>,
-    ) -> byok::AccountManagerBuilder {
+        store: Arc<dyn byok::store::AccountStore>,
+        resolver: Arc<dyn byok::provider::KeyResolver>,
+    ) -> byok::account::AccountManagerBuilder {
         AccountManager::builder(self.platform_key.clone(), resolver)
             .infrastructure_key(self.infra_key.clone())
             .store(store)
@@ -160,9 +164,8 @@ impl World {
         tenant: &str,
         protected: bool,
     ) -> InMemoryVault {
-        let props =
-            VaultProperties::new(host, region, tenant).with_protection(protected, protected);
-        let v = InMemoryVault::with_clock_and_seed(props, self.clock.clone(), [9; 32]);
+        let props = VaultProperties::new(host, region, tenant).protection(protected, protected);
+        let v = InMemoryVault::seeded(props, self.clock.clone(), [9; 32]);
         v.set_access(&self.identity, Permissions::CMK)
             .await
             .expect("grant");
@@ -208,6 +211,6 @@ pub fn violation(e: byok::Error) -> byok::PolicyViolation {
     }
 }
 
-pub fn class(name: &str) -> byok::DataClass {
-    byok::DataClass::new(name)
+pub fn class(name: &str) -> byok::account::DataClass {
+    byok::account::DataClass::new(name)
 }

@@ -7,7 +7,9 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use byok::{Argon2Params, FileVaultOptions, Permissions, SecretString};
+use byok::SecretString;
+use byok::provider::Permissions;
+use byok::provider::file::{Argon2Params, FileVaultOptions};
 
 pub(crate) const WORKER_ENV: &str = "BYOK_FV_WORKER";
 pub(crate) const KILL_ROUNDS: usize = 220;
@@ -15,7 +17,7 @@ pub(crate) const KEYS: usize = 4;
 pub(crate) const IDENTITIES: u64 = 8;
 
 pub(crate) fn options() -> FileVaultOptions {
-    FileVaultOptions::with_passphrase(SecretString::from("crash test"))
+    FileVaultOptions::from_passphrase(SecretString::from("crash test"))
         .argon2(Argon2Params::new(64, 1, 1))
 }
 
@@ -63,11 +65,7 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 pub(crate) fn perms(b: u64) -> Permissions {
-    Permissions {
-        get: b & 1 != 0,
-        wrap_key: b & 2 != 0,
-        unwrap_key: b & 4 != 0,
-    }
+    Permissions::new(b & 1 != 0, b & 2 != 0, b & 4 != 0)
 }
 
 /// The operation log: each line is written with one `write` and fsynced.

@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use byok::{
-    AccountId, AccountRecord, AccountStore, ChangeListener, Error, InMemoryAccountStore,
-    KeyProperties, KeyProvider, KeyRole, ProviderError, ProviderErrorKind, SecretBytes, StateKind,
-    VaultProperties, WrapAlgorithm, WrappedKey,
-};
+use byok::account::{AccountRecord, KeyRole, StateKind};
+use byok::provider::{KeyProperties, VaultProperties, WrapAlgorithm, WrappedKey};
+use byok::store::{AccountStore, ChangeListener, InMemoryAccountStore};
+use byok::{AccountId, Error, KeyProvider, ProviderError, ProviderErrorKind, SecretBytes};
 
 /// RSA-1024 keys (PKCS#1), imported as the customer key's versions: generating RSA keys per
 /// schedule would dominate the run time, and 1024 bits keeps each unwrap cheap. Never use

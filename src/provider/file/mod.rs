@@ -1,10 +1,10 @@
-//! The file-backed vault: the in-memory vault's semantics ([`VaultState`]) persisted in one
+//! The file-backed vault: the in-memory vault's semantics (`VaultState` in `soft.rs`) persisted in one
 //! directory, crash-safe, shared between processes and sealed at rest.
 //!
 //! Layout, format and the crash-safety and locking arguments are in `docs/FILE_VAULT.md`. In
 //! short:
 //!
-//! - every change is applied (by [`VaultState::apply`], the same code as the in-memory vault)
+//! - every change is applied (by `VaultState::apply`, the same code as the in-memory vault)
 //!   to the newest state read under an exclusive `flock` on `lock`, new key versions are
 //!   written to their own files first, then the state file is replaced atomically (temporary
 //!   file, fsync, rename, fsync of the directory), and only then is the call acknowledged;
@@ -54,6 +54,7 @@ use crate::secret::{AesKey, SecretString};
 /// They are chosen when a vault is created and stored in its `vault.meta`; opening uses the
 /// stored ones. Lower them only for tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Argon2Params {
     /// Memory in KiB (at least 8 × `parallelism`, at most 1 GiB).
     pub memory_kib: u32,
@@ -134,7 +135,7 @@ impl fmt::Debug for FileVaultOptions {
 impl FileVaultOptions {
     /// Unlock with a passphrase: the master key is Argon2id(passphrase, the vault's salt)
     /// with [`Argon2Params::OWASP`] unless changed with [`FileVaultOptions::argon2`].
-    pub fn with_passphrase(passphrase: SecretString) -> Self {
+    pub fn from_passphrase(passphrase: SecretString) -> Self {
         Self {
             secret: MasterSecret::Passphrase(passphrase),
             argon2: Argon2Params::OWASP,
@@ -144,7 +145,7 @@ impl FileVaultOptions {
 
     /// Unlock with a key file holding exactly 32 random bytes (the master key itself). Keep
     /// it readable by the vault's owner only, and apart from the vault directory.
-    pub fn with_key_file(path: impl Into<PathBuf>) -> Self {
+    pub fn from_key_file(path: impl Into<PathBuf>) -> Self {
         Self {
             secret: MasterSecret::KeyFile(path.into()),
             argon2: Argon2Params::OWASP,
@@ -189,7 +190,7 @@ struct Inner {
 
 /// A software key vault persisted in a directory: the same keys, versions, enable/disable,
 /// soft-delete with recover and purge protection, and per-identity access policies as
-/// [`crate::InMemoryVault`], crash-safe, shareable between processes, with every private key
+/// [`crate::provider::memory::InMemoryVault`], crash-safe, shareable between processes, with every private key
 /// sealed at rest under a master key from a passphrase (Argon2id) or a key file.
 ///
 /// Clones share one handle; any number of handles, in any number of processes, may open the
@@ -199,11 +200,12 @@ struct Inner {
 ///
 /// ```
 /// # tokio_test_block_on(async {
-/// use byok::{FileVault, FileVaultOptions, Identity, KeyProvider, KeySpec, Permissions,
-///            SecretString, VaultAdmin, VaultProperties, WrapAlgorithm};
+/// use byok::{KeyProvider, SecretString, VaultAdmin};
+/// use byok::provider::{Identity, KeySpec, Permissions, VaultProperties, WrapAlgorithm};
+/// use byok::provider::file::{FileVault, FileVaultOptions};
 /// # let dir = std::env::temp_dir().join(format!("byok-doc-{}", std::process::id()));
 /// # let _ = std::fs::remove_dir_all(&dir);
-/// let options = FileVaultOptions::with_passphrase(SecretString::from("correct horse battery"));
+/// let options = FileVaultOptions::from_passphrase(SecretString::from("correct horse battery"));
 /// let props = VaultProperties::new("contoso.vault.example", "westeurope", "t1");
 /// let vault = FileVault::create(&dir, props, &options)?;
 /// vault.create_key("cmk", KeySpec::Aes256).await?;
@@ -217,7 +219,7 @@ struct Inner {
 /// assert_eq!(vault.provider(&app).unwrap_key(&wrapped).await?.expose_secret(), &[7u8; 32]);
 ///
 /// // A wrong passphrase is refused, never turned into garbage keys.
-/// let wrong = FileVaultOptions::with_passphrase(SecretString::from("wrong"));
+/// let wrong = FileVaultOptions::from_passphrase(SecretString::from("wrong"));
 /// assert_eq!(FileVault::open(&dir, &wrong).unwrap_err().kind(), byok::ProviderErrorKind::Forbidden);
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// # Ok::<(), byok::ProviderError>(()) });

@@ -209,7 +209,7 @@ impl Token {
                         K::InvalidRequest,
                         "the token is already logged in by another component of this process, \
                          so this PIN cannot be checked; set \
-                         Pkcs11Config::with_accept_existing_login(true) if that component is \
+                         Pkcs11Config::accept_existing_login(true) if that component is \
                          trusted with the token",
                     )),
                 }

@@ -33,7 +33,7 @@ struct IdentityToken {
 /// tests).
 ///
 /// An identity `id` is the ACL policy `byok-<id>` plus a token carrying it, created on first
-/// use ([`VaultAdmin::set_access`] or [`VaultAdmin::provider_for`]); rewriting the policy
+/// use ([`VaultAdmin::set_access`] or [`ProviderFactory::provider_for`](crate::provider::ProviderFactory::provider_for)); rewriting the policy
 /// changes what that token may do at once, and deleting the policy
 /// ([`VaultAdmin::remove_identity`]) ends its access to every key. The token itself is left
 /// valid (with only the `default` policy): a token that no longer works is the *service's*
@@ -459,7 +459,7 @@ impl VaultAdmin for TransitAdmin {
 
     /// Deletes a soft-deleted key for good. Transit has no purge protection: whoever may
     /// `update` `keys/<name>/config` and `delete` `keys/<name>` can do this at any time, so
-    /// [`VaultProperties::purge_protection`](crate::VaultProperties::purge_protection) is
+    /// [`VaultProperties::purge_protection`](crate::provider::VaultProperties::purge_protection) is
     /// reported `false`.
     async fn purge_key(&self, name: &str) -> Result<(), ProviderError> {
         let k = self.read(name).await.map_err(|e| {
@@ -493,7 +493,11 @@ impl VaultAdmin for TransitAdmin {
             .await
             .map(drop)
     }
+}
 
+/// A provider per identity: a token with the identity's policy (created on first use).
+#[async_trait]
+impl crate::provider::ProviderFactory for TransitAdmin {
     async fn provider_for(
         &self,
         identity: &Identity,

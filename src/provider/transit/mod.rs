@@ -11,7 +11,7 @@
 //!   body of `vault:v<N>:…`, i.e. the bare RSA-OAEP-SHA-256 block for RSA keys, nonce ‖
 //!   AES-GCM ciphertext ‖ tag for AES keys), and [`WrappedKey::key_version`] holds `N`.
 //!   Unwrapping rebuilds `vault:v<N>:<base64>` from the record and calls `decrypt`, so an
-//!   RSA block made locally with the version's public key ([`crate::RsaPublic::encrypt_oaep`]
+//!   RSA block made locally with the version's public key ([`crate::provider::RsaPublic::encrypt_oaep`]
 //!   with SHA-256 and an empty label) unwraps on the server too.
 //! * Disabled means "below `min_decryption_version`"; soft-deleted (OpenBao) means
 //!   `KeyDeleted`.
@@ -100,7 +100,8 @@ impl Default for RetryPolicy {
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), byok::ProviderError> {
-/// use byok::{KeyProvider, SecretString, TransitConfig, TransitProvider};
+/// use byok::{KeyProvider, SecretString};
+/// use byok::provider::transit::{TransitConfig, TransitProvider};
 /// let ca = std::fs::read_to_string("/etc/byok/vault-ca.pem").unwrap_or_default();
 /// let config = TransitConfig::new("https://vault.internal:8200", SecretString::new("s.token"))
 ///     .mount("transit")
@@ -372,7 +373,7 @@ impl TransitConfig {
 
     fn vault_properties(&self, host: &str) -> VaultProperties {
         let mut p = VaultProperties::new(host, &self.region, &self.tenant)
-            .with_protection(self.soft_delete, false);
+            .protection(self.soft_delete, false);
         // A soft-deleted Transit key stays recoverable until someone purges it: there is no
         // server-side retention period.
         p.retention_days = if self.soft_delete { u32::MAX } else { 0 };

@@ -3,8 +3,8 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let store = byok::InMemoryAccountStore::new(); // your AccountStore here
-//! let report = byok::store_conformance::run(&store).await;
+//! let store = byok::store::InMemoryAccountStore::new(); // your AccountStore here
+//! let report = byok::testing::store_conformance::run(&store).await;
 //! report.assert_passed();
 //! # });
 //! ```
@@ -26,11 +26,11 @@ use crate::account::policy::Policy;
 use crate::account::record::{
     AccountId, AccountRecord, AccountState, KeyRole, KeySource, RECORD_FORMAT, WrappedAccountKey,
 };
-use crate::account::store::{AccountStore, ChangeListener, StoreChange};
 use crate::error::Error;
 use crate::key_id::KeyId;
 use crate::provider::conformance::{ConformanceReport, Outcome};
 use crate::provider::{Identity, WrapAlgorithm, WrappedKey};
+use crate::store::{AccountStore, ChangeListener, StoreChange};
 
 /// The result of a store conformance run: one line per scenario (the provider suite's report
 /// type; only the change-hint scenario skips, for a store whose `subscribe` returns `false`).

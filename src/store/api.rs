@@ -1,15 +1,14 @@
-//! Where account records live, and how the manager reaches tenants' vaults.
+//! The account store interface, its change hints, and the in-memory store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Mutex, RwLock, Weak};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::record::{AccountId, AccountRecord, AccountState};
-use crate::error::{Error, ProviderError, ProviderErrorKind};
-use crate::provider::{Identity, KeyProvider, VaultAdmin};
+use crate::account::{AccountId, AccountRecord, AccountState};
+use crate::error::Error;
 
 /// A hint that account records changed, delivered by a store that can notify
 /// ([`AccountStore::subscribe`]). Hints are never data: the manager re-reads the record.
@@ -111,7 +110,7 @@ pub trait AccountStore: Send + Sync + fmt::Debug {
     ) -> Result<(), Error>;
 
     /// Ids of the accounts whose account key is wrapped by the customer key `name` at
-    /// `version` in `vault` ([`super::record::WrappedAccountKey::is_customer_key`]).
+    /// `version` in `vault` ([`WrappedAccountKey::is_customer_key`](crate::account::WrappedAccountKey::is_customer_key)).
     /// Tombstones hold no wrapping and never match. The default scans
     /// [`list`](Self::list); a database answers from an index.
     ///
@@ -326,106 +325,5 @@ impl InMemoryAccountStore {
         }
         self.notify(&record.id, record.revision);
         Ok(())
-    }
-}
-
-/// Finds the provider for a tenant's vault and identity.
-#[async_trait]
-pub trait KeyResolver: Send + Sync + fmt::Debug {
-    /// A provider acting as `identity` on the vault at `vault` (a host name).
-    ///
-    /// # Errors
-    /// `VaultNotFound` (definitive) for an unknown or deleted vault; transient kinds when the
-    /// vault cannot be reached.
-    async fn provider(
-        &self,
-        vault: &str,
-        identity: &Identity,
-    ) -> Result<Arc<dyn KeyProvider>, ProviderError>;
-}
-
-/// A [`KeyResolver`] over vaults registered by host, with per-identity overrides (e.g. a
-/// [`crate::FaultInjector`] around one identity's provider). Removing a vault plays "the vault
-/// was deleted".
-#[derive(Debug, Default)]
-pub struct VaultDirectory {
-    vaults: RwLock<HashMap<String, Arc<dyn VaultAdmin>>>,
-    overrides: RwLock<HashMap<(String, Identity), Arc<dyn KeyProvider>>>,
-}
-
-impl VaultDirectory {
-    /// An empty directory.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Registers the vault reachable at `host` (normalised like [`crate::KeyId::vault`]:
-    /// `v.example:443` and `V.example.` are `v.example`).
-    pub fn add_vault(&self, host: &str, vault: Arc<dyn VaultAdmin>) {
-        self.vaults
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(crate::key_id::canonical_vault(host), vault);
-    }
-
-    /// Uses `provider` for `identity` on `host` instead of the vault's own.
-    pub fn override_provider(
-        &self,
-        host: &str,
-        identity: &Identity,
-        provider: Arc<dyn KeyProvider>,
-    ) {
-        self.overrides
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                (crate::key_id::canonical_vault(host), identity.clone()),
-                provider,
-            );
-    }
-
-    /// Forgets the vault at `host` (its keys become unreachable: `VaultNotFound`).
-    pub fn remove_vault(&self, host: &str) {
-        let host = crate::key_id::canonical_vault(host);
-        self.vaults
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&host);
-        self.overrides
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(h, _), _| *h != host);
-    }
-}
-
-#[async_trait]
-impl KeyResolver for VaultDirectory {
-    async fn provider(
-        &self,
-        vault: &str,
-        identity: &Identity,
-    ) -> Result<Arc<dyn KeyProvider>, ProviderError> {
-        let host = crate::key_id::canonical_vault(vault);
-        if let Some(p) = self
-            .overrides
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(host.clone(), identity.clone()))
-        {
-            return Ok(Arc::clone(p));
-        }
-        let admin = self
-            .vaults
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&host)
-            .cloned()
-            .ok_or_else(|| {
-                ProviderError::new(
-                    ProviderErrorKind::VaultNotFound,
-                    format!("no vault at {host}"),
-                )
-            })?;
-        admin.provider_for(identity).await
     }
 }

@@ -1,17 +1,36 @@
-//! Database-backed [`AccountStore`](crate::AccountStore)s (PostgreSQL, SQLite) and the store
-//! conformance suite. See `docs/STORES.md`.
+//! Where account records live: the [`AccountStore`] interface (optimistic concurrency, change
+//! hints between replicas), the in-memory store, and the database-backed stores —
+//! [`PostgresAccountStore`] (feature `postgres`) and [`SqliteAccountStore`] (feature `sqlite`).
+//! See `docs/STORES.md`; the conformance suite for your own store is
+//! `byok::testing::store_conformance`.
+//!
+//! | file | concern |
+//! | --- | --- |
+//! | `api.rs` | the `AccountStore` trait, `ChangeListener`/`StoreChange`, `InMemoryAccountStore` |
+//! | `postgres.rs`, `sqlite.rs` | the database stores |
+//! | `mod.rs` (`columns`) | the row layout both databases share |
+//! | `conformance.rs` | the store conformance suite |
 //!
 //! Both databases keep one row per account: the whole record as JSON, plus the columns the
 //! store queries (revision for compare-and-swap, the customer-key wrapping for
 //! `accounts_using`, the tombstone time for purges, the probe stamp that changes without a
 //! revision).
 
+mod api;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod conformance;
 #[cfg(feature = "postgres")]
-pub(crate) mod postgres;
+mod postgres;
 #[cfg(feature = "sqlite")]
-pub(crate) mod sqlite;
+mod sqlite;
+
+pub use api::{AccountStore, ChangeListener, InMemoryAccountStore, StoreChange};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::{PostgresAccountStore, PostgresStoreOptions};
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqliteAccountStore;
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use columns::Columns;

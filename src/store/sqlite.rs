@@ -10,8 +10,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 
 use super::{Columns, STATE_DELETED, record_from_row};
 use crate::account::record::{AccountId, AccountRecord};
-use crate::account::store::AccountStore;
 use crate::error::Error;
+use crate::store::AccountStore;
 
 /// The schema migrations, in order: `(version, SQL)`. Never edit a released one: add another.
 /// Times are integer nanoseconds since the Unix epoch.
@@ -44,7 +44,7 @@ CREATE INDEX byok_accounts_tombstones ON byok_accounts (deleted_at)
 ///
 /// The file is opened in WAL mode with `synchronous = FULL` (a committed update survives a
 /// power cut) and a 5 s busy timeout; the schema (`byok_accounts`, versions in
-/// `byok_schema_migrations`, the same layout as [`crate::PostgresAccountStore`]'s) is created
+/// `byok_schema_migrations`, the same layout as [`crate::store::PostgresAccountStore`]'s) is created
 /// and migrated on open inside an immediate transaction. Every call runs on tokio's blocking
 /// thread pool (`spawn_blocking`): create the store and call it on a tokio runtime. Updates
 /// are compare-and-swap on the revision, so several processes may share the file.

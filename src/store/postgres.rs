@@ -15,8 +15,8 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::{Columns, STATE_DELETED, record_from_row};
 use crate::account::record::{AccountId, AccountRecord};
-use crate::account::store::{AccountStore, ChangeListener, StoreChange};
 use crate::error::Error;
+use crate::store::{AccountStore, ChangeListener, StoreChange};
 
 /// Options of a [`PostgresAccountStore`]. `Default` gives the documented defaults; the
 /// setters return the changed options.
