@@ -3,8 +3,10 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use super::soft::{Change, Material, SoftVault, VaultState, soft_vault_impls};
-use super::{Identity, KeyProperties, KeySpec, VaultProperties};
+use super::soft::sealed::Backend;
+use super::soft::{Change, Material, Storage, VaultState};
+use super::soft::{SoftProvider, SoftVault};
+use super::{KeyProperties, KeySpec, VaultProperties};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{RsaPrivate, SeededRng, ThreadRng, fill_random};
 use crate::error::ProviderError;
@@ -37,7 +39,9 @@ impl VaultRng {
     }
 }
 
-struct Inner {
+/// The in-memory vault's storage: the state under a lock, the key-generation randomness and
+/// the clock (opaque; see [`InMemoryVault`]).
+pub struct MemoryStorage {
     state: RwLock<VaultState>,
     rng: Mutex<VaultRng>,
     clock: Arc<dyn Clock>,
@@ -45,10 +49,10 @@ struct Inner {
 
 /// A software key vault in process memory: RSA 2048/3072/4096, AES-256 and EC keys with
 /// versions, enable/disable, soft-delete with recover and purge protection, and per-identity
-/// access policies.
+/// access policies (the generic [`SoftVault`] over [`MemoryStorage`]).
 ///
 /// Clones share the same vault. The handle itself is the vault *owner* ([`VaultAdmin`](crate::VaultAdmin));
-/// [`InMemoryVault::provider`] gives a [`KeyProvider`](crate::KeyProvider) that acts as one identity and is
+/// [`SoftVault::provider`] gives a [`KeyProvider`](crate::KeyProvider) that acts as one identity and is
 /// subject to its access policy.
 ///
 /// ```
@@ -67,10 +71,10 @@ struct Inner {
 /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
 /// ```
-#[derive(Clone)]
-pub struct InMemoryVault {
-    inner: Arc<Inner>,
-}
+pub type InMemoryVault = SoftVault<MemoryStorage>;
+
+/// A [`KeyProvider`](crate::KeyProvider) acting as one identity on an [`InMemoryVault`].
+pub type InMemoryProvider = SoftProvider<MemoryStorage>;
 
 impl core::fmt::Debug for InMemoryVault {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -102,19 +106,11 @@ impl InMemoryVault {
 
     fn with_parts(props: VaultProperties, clock: Arc<dyn Clock>, rng: VaultRng) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(MemoryStorage {
                 state: RwLock::new(VaultState::new(props)),
                 rng: Mutex::new(rng),
                 clock,
             }),
-        }
-    }
-
-    /// A provider acting as `identity`.
-    pub fn provider(&self, identity: &Identity) -> InMemoryProvider {
-        InMemoryProvider {
-            vault: self.clone(),
-            identity: identity.clone(),
         }
     }
 
@@ -127,40 +123,29 @@ impl InMemoryVault {
     }
 }
 
-impl SoftVault for InMemoryVault {
+impl Storage for MemoryStorage {}
+
+impl Backend for MemoryStorage {
     fn with_state<T>(
-        &self,
+        vault: &InMemoryVault,
         f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        f(&self.read())
+        f(&vault.read())
     }
 
-    fn commit(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
-        self.write().apply(change)
+    fn commit(
+        vault: &InMemoryVault,
+        change: Change,
+    ) -> Result<Option<KeyProperties>, ProviderError> {
+        vault.write().apply(change)
     }
 
-    fn generate(&self, spec: KeySpec) -> Result<Material, ProviderError> {
-        let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
+    fn generate(vault: &InMemoryVault, spec: KeySpec) -> Result<Material, ProviderError> {
+        let mut rng = vault.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
         Material::generate(spec, &mut rng)
     }
 
-    fn now(&self) -> SystemTime {
-        self.inner.clock.now()
-    }
-}
-
-soft_vault_impls!(InMemoryVault, InMemoryProvider);
-
-/// A [`KeyProvider`](crate::KeyProvider) acting as one identity on an [`InMemoryVault`].
-#[derive(Clone, Debug)]
-pub struct InMemoryProvider {
-    vault: InMemoryVault,
-    identity: Identity,
-}
-
-impl InMemoryProvider {
-    /// The identity this provider acts as.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    fn now(vault: &InMemoryVault) -> SystemTime {
+        vault.inner.clock.now()
     }
 }

@@ -12,7 +12,7 @@
 //! | `pkcs11` | a PKCS#11 token (HSM); `docs/PKCS11.md` | `pkcs11` |
 //! | `transit` | Vault / OpenBao Transit over HTTPS; `docs/TRANSIT.md` | `transit` |
 //!
-//! The in-memory and file vaults are one generic software vault (`soft.rs`) over two
+//! The in-memory and file vaults are one generic software vault ([`soft::SoftVault`]) over two
 //! storages. The conformance suite every provider passes is `byok::testing::provider_conformance`.
 
 use core::fmt;
@@ -38,7 +38,7 @@ pub mod memory;
 #[cfg(feature = "pkcs11")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pkcs11")))]
 pub mod pkcs11;
-pub(crate) mod soft;
+pub mod soft;
 #[cfg(feature = "transit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "transit")))]
 pub mod transit;

@@ -1,16 +1,26 @@
-//! Software key material and the vault semantics shared by the software vaults (in-memory
-//! now, file-backed later): versions, latest-enabled resolution, soft-delete, purge
-//! protection and per-identity access policies.
+//! The software vault: one generic [`SoftVault`] over a storage — in process memory
+//! ([`InMemoryVault`](super::memory::InMemoryVault)) or in an encrypted directory
+//! ([`FileVault`](super::file::FileVault)) — with the semantics both share: key material,
+//! versions, latest-enabled resolution, soft-delete, purge protection, per-identity access
+//! policies, and the [`VaultAdmin`] and [`KeyProvider`] implementations.
+//!
+//! The storage is sealed: the two storages are the crate's
+//! ([`MemoryStorage`](super::memory::MemoryStorage), [`FileStorage`](super::file::FileStorage)),
+//! and the trait they implement is private. A vault of your own implements [`KeyProvider`] and
+//! [`VaultAdmin`] directly.
 
+use core::fmt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
+
 use zeroize::Zeroizing;
 
 use super::{
-    Identity, KeyOperation, KeyProperties, KeySpec, KeyType, Permissions, VaultProperties,
-    WrapAlgorithm, WrappedKey,
+    AdminCapabilities, Identity, KeyOperation, KeyProperties, KeyProvider, KeySpec, KeyType,
+    Permissions, ProviderFactory, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
 };
 use crate::crypto::{Kek, OaepHash, RsaPrivate};
 use crate::error::{ProviderError, ProviderErrorKind as K};
@@ -542,29 +552,129 @@ fn not_found(name: &str) -> ProviderError {
     ProviderError::new(K::KeyNotFound, format!("key {name} not found"))
 }
 
-/// A software vault's storage: how to read the current state and commit a change. The
-/// in-memory and file vaults differ only here; [`soft_vault_impls!`] gives both the same
-/// [`super::VaultAdmin`] and [`super::KeyProvider`] behaviour on top of it.
-pub(crate) trait SoftVault {
-    /// Runs `f` on the current state (reloaded first where another process may have changed
-    /// it).
+/// A software key vault over a storage `S`: RSA 2048/3072/4096, AES-256 and EC keys with
+/// versions, enable/disable, soft-delete with recover and purge protection, and per-identity
+/// access policies. Use it through its two aliases,
+/// [`InMemoryVault`](super::memory::InMemoryVault) and [`FileVault`](super::file::FileVault).
+///
+/// Clones share the same vault. The handle itself is the vault *owner* ([`VaultAdmin`]);
+/// [`provider`](Self::provider) gives a [`KeyProvider`] that acts as one identity and is
+/// subject to its access policy.
+pub struct SoftVault<S> {
+    pub(crate) inner: Arc<S>,
+}
+
+impl<S> Clone for SoftVault<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// A [`KeyProvider`] acting as one identity on a [`SoftVault`]
+/// ([`InMemoryProvider`](super::memory::InMemoryProvider),
+/// [`FileProvider`](super::file::FileProvider)).
+pub struct SoftProvider<S> {
+    vault: SoftVault<S>,
+    identity: Identity,
+}
+
+impl<S> Clone for SoftProvider<S> {
+    fn clone(&self) -> Self {
+        Self {
+            vault: self.vault.clone(),
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for SoftProvider<S>
+where
+    SoftVault<S>: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SoftProvider")
+            .field("vault", &self.vault)
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+impl<S> SoftProvider<S> {
+    /// The identity this provider acts as.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+}
+
+/// Where a software vault keeps its state (sealed: `MemoryStorage` and `FileStorage` are the
+/// only ones).
+pub(crate) trait Storage: sealed::Backend + Send + Sync + 'static {}
+
+pub(crate) mod sealed {
+    use std::time::SystemTime;
+
+    use super::{Change, Material, SoftVault, VaultState};
+    use crate::error::ProviderError;
+    use crate::provider::{KeyProperties, KeySpec};
+
+    /// How a storage reads the current state and commits a change: the in-memory and file
+    /// vaults differ only here.
+    pub(crate) trait Backend: Sized {
+        /// Runs `f` on the current state (reloaded first where another process may have
+        /// changed it).
+        fn with_state<T>(
+            vault: &SoftVault<Self>,
+            f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,
+        ) -> Result<T, ProviderError>;
+
+        /// Applies `change` durably (acknowledged only once it is stored).
+        fn commit(
+            vault: &SoftVault<Self>,
+            change: Change,
+        ) -> Result<Option<KeyProperties>, ProviderError>;
+
+        /// Generates key material (outside any state lock: RSA 4096 takes a while).
+        fn generate(vault: &SoftVault<Self>, spec: KeySpec) -> Result<Material, ProviderError>;
+
+        /// The vault's clock.
+        fn now(vault: &SoftVault<Self>) -> SystemTime;
+    }
+}
+
+impl<S> SoftVault<S> {
+    /// A provider acting as `identity`.
+    pub fn provider(&self, identity: &Identity) -> SoftProvider<S> {
+        SoftProvider {
+            vault: self.clone(),
+            identity: identity.clone(),
+        }
+    }
+}
+
+/// The parts every operation shares, over the storage's [`sealed::Backend`].
+struct Ops<'a, S>(&'a SoftVault<S>);
+
+impl<S: Storage> Ops<'_, S> {
     fn with_state<T>(
         &self,
         f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,
-    ) -> Result<T, ProviderError>;
+    ) -> Result<T, ProviderError> {
+        S::with_state(self.0, f)
+    }
 
-    /// Applies `change` durably (acknowledged only once it is stored).
-    fn commit(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError>;
+    fn now(&self) -> SystemTime {
+        S::now(self.0)
+    }
 
-    /// Generates key material (outside any state lock: RSA 4096 takes a while).
-    fn generate(&self, spec: KeySpec) -> Result<Material, ProviderError>;
-
-    /// The vault's clock.
-    fn now(&self) -> SystemTime;
+    fn generate(&self, spec: KeySpec) -> Result<Material, ProviderError> {
+        S::generate(self.0, spec)
+    }
 
     /// Applies a change whose result is not needed.
     fn apply(&self, change: Change) -> Result<(), ProviderError> {
-        self.commit(change).map(|_| ())
+        S::commit(self.0, change).map(|_| ())
     }
 
     /// Adds `material` as the newest version of `name` (a new key when `create`).
@@ -574,191 +684,147 @@ pub(crate) trait SoftVault {
         material: Material,
         create: bool,
     ) -> Result<KeyProperties, ProviderError> {
-        self.commit(Change::AddVersion {
-            name: name.to_owned(),
-            material,
-            now: self.now(),
-            create,
-        })?
+        S::commit(
+            self.0,
+            Change::AddVersion {
+                name: name.to_owned(),
+                material,
+                now: self.now(),
+                create,
+            },
+        )?
         .ok_or_else(|| ProviderError::new(K::InvalidRequest, "no version was added"))
     }
 }
 
-/// `VaultAdmin` for a software vault type `$vault` (a [`SoftVault`] with a
-/// `provider(&Identity) -> $provider` method) and `KeyProvider` for `$provider` (a struct with
-/// `vault: $vault` and `identity: Identity` fields).
-macro_rules! soft_vault_impls {
-    ($vault:ty, $provider:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::provider::VaultAdmin for $vault {
-            fn capabilities(&self) -> $crate::provider::AdminCapabilities {
-                $crate::provider::AdminCapabilities::ALL
-            }
+#[async_trait]
+impl<S: Storage> VaultAdmin for SoftVault<S>
+where
+    Self: fmt::Debug,
+{
+    fn capabilities(&self) -> AdminCapabilities {
+        AdminCapabilities::ALL
+    }
 
-            async fn create_key(
-                &self,
-                name: &str,
-                spec: $crate::provider::KeySpec,
-            ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                // Refuse a taken name before spending time on generation (checked again when
-                // the change is applied).
-                self.with_state(|s| s.check_free(name))?;
-                let m = self.generate(spec)?;
-                self.add_version(name, m, true)
-            }
+    async fn create_key(&self, name: &str, spec: KeySpec) -> Result<KeyProperties, ProviderError> {
+        // Refuse a taken name before spending time on generation (checked again when the
+        // change is applied).
+        Ops(self).with_state(|s| s.check_free(name))?;
+        let m = Ops(self).generate(spec)?;
+        Ops(self).add_version(name, m, true)
+    }
 
-            async fn import_rsa_pem(
-                &self,
-                name: &str,
-                pem: &str,
-            ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                let key = $crate::crypto::RsaPrivate::from_pem(pem).map_err(|e| {
-                    $crate::ProviderError::new(
-                        $crate::ProviderErrorKind::InvalidRequest,
-                        e.to_string(),
-                    )
-                })?;
-                self.add_version(
-                    name,
-                    $crate::provider::soft::Material::Rsa(std::sync::Arc::new(key)),
-                    false,
-                )
-            }
+    async fn import_rsa_pem(&self, name: &str, pem: &str) -> Result<KeyProperties, ProviderError> {
+        let key = RsaPrivate::from_pem(pem)
+            .map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))?;
+        Ops(self).add_version(name, Material::Rsa(Arc::new(key)), false)
+    }
 
-            async fn rotate_key(
-                &self,
-                name: &str,
-            ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                let spec = self.with_state(|s| s.rotation_spec(name))?;
-                let m = self.generate(spec)?;
-                self.add_version(name, m, false)
-            }
+    async fn rotate_key(&self, name: &str) -> Result<KeyProperties, ProviderError> {
+        let spec = Ops(self).with_state(|s| s.rotation_spec(name))?;
+        let m = Ops(self).generate(spec)?;
+        Ops(self).add_version(name, m, false)
+    }
 
-            async fn list_versions(
-                &self,
-                name: &str,
-            ) -> Result<Vec<$crate::provider::KeyProperties>, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.with_state(|s| s.list_versions(name))
-            }
+    async fn list_versions(&self, name: &str) -> Result<Vec<KeyProperties>, ProviderError> {
+        Ops(self).with_state(|s| s.list_versions(name))
+    }
 
-            async fn set_enabled(
-                &self,
-                name: &str,
-                version: &str,
-                enabled: bool,
-            ) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::SetEnabled {
-                    name: name.to_owned(),
-                    version: version.to_owned(),
-                    enabled,
-                })
-            }
+    async fn set_enabled(
+        &self,
+        name: &str,
+        version: &str,
+        enabled: bool,
+    ) -> Result<(), ProviderError> {
+        Ops(self).apply(Change::SetEnabled {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            enabled,
+        })
+    }
 
-            async fn delete_key(&self, name: &str) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::Delete {
-                    name: name.to_owned(),
-                    now: self.now(),
-                })
-            }
+    async fn delete_key(&self, name: &str) -> Result<(), ProviderError> {
+        Ops(self).apply(Change::Delete {
+            name: name.to_owned(),
+            now: Ops(self).now(),
+        })
+    }
 
-            async fn recover_key(&self, name: &str) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::Recover {
-                    name: name.to_owned(),
-                })
-            }
+    async fn recover_key(&self, name: &str) -> Result<(), ProviderError> {
+        Ops(self).apply(Change::Recover {
+            name: name.to_owned(),
+        })
+    }
 
-            async fn purge_key(&self, name: &str) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::Purge {
-                    name: name.to_owned(),
-                    now: self.now(),
-                })
-            }
+    async fn purge_key(&self, name: &str) -> Result<(), ProviderError> {
+        Ops(self).apply(Change::Purge {
+            name: name.to_owned(),
+            now: Ops(self).now(),
+        })
+    }
 
-            async fn set_access(
-                &self,
-                identity: &$crate::provider::Identity,
-                permissions: $crate::provider::Permissions,
-            ) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::SetAccess {
-                    identity: identity.clone(),
-                    permissions,
-                })
-            }
+    async fn set_access(
+        &self,
+        identity: &Identity,
+        permissions: Permissions,
+    ) -> Result<(), ProviderError> {
+        Ops(self).apply(Change::SetAccess {
+            identity: identity.clone(),
+            permissions,
+        })
+    }
 
-            async fn remove_identity(
-                &self,
-                identity: &$crate::provider::Identity,
-            ) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::RemoveIdentity {
-                    identity: identity.clone(),
-                })
-            }
-        }
-
-        #[async_trait::async_trait]
-        impl $crate::provider::ProviderFactory for $vault {
-            async fn provider_for(
-                &self,
-                identity: &$crate::provider::Identity,
-            ) -> Result<std::sync::Arc<dyn $crate::provider::KeyProvider>, $crate::ProviderError>
-            {
-                Ok(std::sync::Arc::new(self.provider(identity)))
-            }
-        }
-
-        #[async_trait::async_trait]
-        impl $crate::provider::KeyProvider for $provider {
-            async fn vault_properties(
-                &self,
-            ) -> Result<$crate::provider::VaultProperties, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.vault.with_state(|s| Ok(s.props.clone()))
-            }
-
-            async fn key_properties(
-                &self,
-                name: &str,
-                version: Option<&str>,
-            ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.vault
-                    .with_state(|s| s.key_properties(&self.identity, name, version))
-            }
-
-            async fn wrap_key(
-                &self,
-                name: &str,
-                version: Option<&str>,
-                algorithm: $crate::provider::WrapAlgorithm,
-                key: &[u8],
-            ) -> Result<$crate::provider::WrappedKey, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.vault
-                    .with_state(|s| s.wrap(&self.identity, name, version, algorithm, key))
-            }
-
-            async fn unwrap_key(
-                &self,
-                wrapped: &$crate::provider::WrappedKey,
-            ) -> Result<$crate::SecretBytes, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                let material = self
-                    .vault
-                    .with_state(|s| s.unwrap_material(&self.identity, wrapped))?;
-                // The private-key operation runs without holding any lock.
-                material.unwrap(wrapped.algorithm, &wrapped.ciphertext)
-            }
-        }
-    };
+    async fn remove_identity(&self, identity: &Identity) -> Result<(), ProviderError> {
+        Ops(self).apply(Change::RemoveIdentity {
+            identity: identity.clone(),
+        })
+    }
 }
-pub(crate) use soft_vault_impls;
+
+#[async_trait]
+impl<S: Storage> ProviderFactory for SoftVault<S>
+where
+    Self: fmt::Debug,
+{
+    async fn provider_for(
+        &self,
+        identity: &Identity,
+    ) -> Result<Arc<dyn KeyProvider>, ProviderError> {
+        Ok(Arc::new(self.provider(identity)))
+    }
+}
+
+#[async_trait]
+impl<S: Storage> KeyProvider for SoftProvider<S>
+where
+    SoftVault<S>: fmt::Debug,
+{
+    async fn vault_properties(&self) -> Result<VaultProperties, ProviderError> {
+        Ops(&self.vault).with_state(|s| Ok(s.props.clone()))
+    }
+
+    async fn key_properties(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<KeyProperties, ProviderError> {
+        Ops(&self.vault).with_state(|s| s.key_properties(&self.identity, name, version))
+    }
+
+    async fn wrap_key(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        algorithm: WrapAlgorithm,
+        key: &[u8],
+    ) -> Result<WrappedKey, ProviderError> {
+        Ops(&self.vault).with_state(|s| s.wrap(&self.identity, name, version, algorithm, key))
+    }
+
+    async fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<SecretBytes, ProviderError> {
+        let material =
+            Ops(&self.vault).with_state(|s| s.unwrap_material(&self.identity, wrapped))?;
+        // The private-key operation runs without holding any lock.
+        material.unwrap(wrapped.algorithm, &wrapped.ciphertext)
+    }
+}

@@ -41,8 +41,10 @@ use self::format::{
     FileId, FileMap, KEYS_DIR, Kdf, META_FILE, Malformed, Meta, STATE_FILE, TMP_PREFIX,
 };
 use super::memory::VaultRng;
-use super::soft::{Change, Material, SoftVault, VaultState, soft_vault_impls};
-use super::{Identity, KeyProperties, KeySpec, VaultProperties};
+use super::soft::sealed::Backend;
+use super::soft::{Change, Material, Storage, VaultState};
+use super::soft::{SoftProvider, SoftVault};
+use super::{KeyProperties, KeySpec, VaultProperties};
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{Gcm, hkdf_sha256};
 use crate::error::{ProviderError, ProviderErrorKind as K};
@@ -179,7 +181,9 @@ struct Snapshot {
     _pin: fs::File,
 }
 
-struct Inner {
+/// The file vault's storage: the directory, the record key, the vault's id, the clock, the
+/// key-generation randomness and the last state read (opaque; see [`FileVault`]).
+pub struct FileStorage {
     dir: PathBuf,
     gcm: Gcm,
     vault_id: [u8; 16],
@@ -226,10 +230,11 @@ struct Inner {
 /// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
 /// ```
-#[derive(Clone)]
-pub struct FileVault {
-    inner: Arc<Inner>,
-}
+pub type FileVault = SoftVault<FileStorage>;
+
+/// A [`KeyProvider`](crate::KeyProvider) acting as one identity on a [`FileVault`]. It sees
+/// changes made by other handles and processes on its next call.
+pub type FileProvider = SoftProvider<FileStorage>;
 
 impl fmt::Debug for FileVault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -589,7 +594,7 @@ impl FileVault {
             fsio::lock_exclusive(dir).map_err(|e| io_err(&dir.join(format::LOCK_FILE), &e))?;
         fsio::remove_temp_files(dir).map_err(|e| io_err(dir, &e))?;
         fsio::remove_temp_files(&keys_dir).map_err(|e| io_err(&keys_dir, &e))?;
-        let mut partial = Inner {
+        let mut partial = FileStorage {
             dir: dir.to_path_buf(),
             gcm,
             vault_id,
@@ -628,14 +633,6 @@ impl FileVault {
         Ok(Self {
             inner: Arc::new(partial),
         })
-    }
-
-    /// A provider acting as `identity`.
-    pub fn provider(&self, identity: &Identity) -> FileProvider {
-        FileProvider {
-            vault: self.clone(),
-            identity: identity.clone(),
-        }
     }
 
     /// The vault's directory.
@@ -692,7 +689,7 @@ impl FileVault {
 
     /// Reads and authenticates the state file and every key version it names that `prev`
     /// does not already hold (key files are immutable, so those are reused).
-    fn load(inner: &Inner, prev: Option<&Snapshot>) -> Result<Snapshot, ProviderError> {
+    fn load(inner: &FileStorage, prev: Option<&Snapshot>) -> Result<Snapshot, ProviderError> {
         let path = inner.dir.join(STATE_FILE);
         let (file, bytes) =
             fsio::read_file(&path, fsio::MAX_STATE_LEN).map_err(|e| io_err(&path, &e))?;
@@ -774,7 +771,7 @@ impl FileVault {
     /// Whether `vault.meta` rather than the state is the odd one out, once the state failed
     /// to authenticate: there are key files, and not one authenticates under the vault id of
     /// `vault.meta` either (a damaged state leaves the key files authentic).
-    fn meta_is_foreign(inner: &Inner) -> bool {
+    fn meta_is_foreign(inner: &FileStorage) -> bool {
         let Ok(entries) = fs::read_dir(inner.dir.join(KEYS_DIR)) else {
             return false;
         };
@@ -797,7 +794,7 @@ impl FileVault {
     /// Applies `change` to the newest state under the exclusive lock and persists it: new key
     /// versions first, then the state file, each atomically and durably. Returns only once
     /// the change is on disk.
-    fn commit(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
+    fn commit_change(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
         let dir = &self.inner.dir;
         let keys_dir = dir.join(KEYS_DIR);
         let _lock =
@@ -903,42 +900,27 @@ impl FileVault {
     }
 }
 
-impl SoftVault for FileVault {
+impl Storage for FileStorage {}
+
+impl Backend for FileStorage {
     fn with_state<T>(
-        &self,
+        vault: &FileVault,
         f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        f(&self.current()?.state)
+        f(&vault.current()?.state)
     }
 
-    fn commit(&self, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
-        FileVault::commit(self, change)
+    fn commit(vault: &FileVault, change: Change) -> Result<Option<KeyProperties>, ProviderError> {
+        vault.commit_change(change)
     }
 
-    fn generate(&self, spec: KeySpec) -> Result<Material, ProviderError> {
+    fn generate(vault: &FileVault, spec: KeySpec) -> Result<Material, ProviderError> {
         // Outside the vault lock: RSA 4096 generation takes a while.
-        let mut rng = self.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rng = vault.inner.rng.lock().unwrap_or_else(|p| p.into_inner());
         Material::generate(spec, &mut rng)
     }
 
-    fn now(&self) -> SystemTime {
-        self.inner.clock.now()
-    }
-}
-
-soft_vault_impls!(FileVault, FileProvider);
-
-/// A [`KeyProvider`](crate::KeyProvider) acting as one identity on a [`FileVault`]. It sees changes made by other
-/// handles and processes on its next call.
-#[derive(Clone, Debug)]
-pub struct FileProvider {
-    vault: FileVault,
-    identity: Identity,
-}
-
-impl FileProvider {
-    /// The identity this provider acts as.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    fn now(vault: &FileVault) -> SystemTime {
+        vault.inner.clock.now()
     }
 }
