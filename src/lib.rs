@@ -44,15 +44,19 @@ pub use crate::envelope::{
 #[cfg(feature = "tokio")]
 pub use crate::envelope::{AsyncOpenReader, AsyncSealWriter};
 pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
-pub use crate::key_id::KeyId;
+pub use crate::key_id::{KeyId, KeyIdKind};
+#[cfg(feature = "aws-kms")]
+pub use crate::provider::aws::{AwsKmsAdmin, AwsKmsConfig, AwsKmsProvider, EnvironmentCredentials};
 pub use crate::provider::fault::{FaultInjector, ProviderOp};
 #[cfg(unix)]
 pub use crate::provider::file::{Argon2Params, FileProvider, FileVault, FileVaultOptions};
 pub use crate::provider::memory::{InMemoryProvider, InMemoryVault};
 #[cfg(feature = "pkcs11")]
 pub use crate::provider::pkcs11::{Pkcs11Config, Pkcs11Provider};
+#[cfg(any(feature = "transit", feature = "aws-kms"))]
+pub use crate::provider::retry::RetryPolicy;
 #[cfg(feature = "transit")]
-pub use crate::provider::transit::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider};
+pub use crate::provider::transit::{TransitAdmin, TransitConfig, TransitProvider};
 pub use crate::provider::{
     AdminCapabilities, Identity, KeyOperation, KeyProperties, KeyProvider, KeySpec, KeyType,
     Permissions, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
@@ -62,6 +66,10 @@ pub use crate::secret::{AES_256_KEY_LEN, AesKey, SecretBytes, SecretString};
 pub use crate::stores::postgres::{PostgresAccountStore, PostgresStoreOptions};
 #[cfg(feature = "sqlite")]
 pub use crate::stores::sqlite::SqliteAccountStore;
+/// The credential types of the AWS SDKs (`Credentials`, `provider::ProvideCredentials`),
+/// re-exported so that a credential source is built against the version byok uses.
+#[cfg(feature = "aws-kms")]
+pub use aws_credential_types;
 
 /// The provider conformance suite (feature `testing`): run it against your own
 /// [`KeyProvider`] + [`VaultAdmin`] to check it behaves like every bundled provider.

@@ -13,6 +13,8 @@ use crate::crypto::RsaPublic;
 use crate::error::{Error, ProviderError};
 use crate::secret::SecretBytes;
 
+#[cfg(feature = "aws-kms")]
+pub(crate) mod aws;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod conformance;
 pub(crate) mod fault;
@@ -21,6 +23,8 @@ pub(crate) mod file;
 pub(crate) mod memory;
 #[cfg(feature = "pkcs11")]
 pub(crate) mod pkcs11;
+#[cfg(any(feature = "transit", feature = "aws-kms"))]
+pub(crate) mod retry;
 pub(crate) mod soft;
 #[cfg(feature = "transit")]
 pub(crate) mod transit;
@@ -414,6 +418,10 @@ pub struct AdminCapabilities {
     pub access_policies: bool,
     /// Disabling and re-enabling one version.
     pub disable_version: bool,
+    /// A versionless lookup skips a disabled newest version and resolves to the newest
+    /// enabled one. False where "latest" is a pointer to one key (an AWS KMS alias): a
+    /// disabled target is then reported as disabled, with no fallback.
+    pub latest_skips_disabled: bool,
     /// Import of an existing RSA key from PEM.
     pub import_pem: bool,
     /// Platform-owned AES-256 keys (`A256KW`).
@@ -433,6 +441,7 @@ impl AdminCapabilities {
         purge: true,
         access_policies: true,
         disable_version: true,
+        latest_skips_disabled: true,
         import_pem: true,
         aes_keys: true,
         ec_keys: true,
