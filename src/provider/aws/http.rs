@@ -159,42 +159,21 @@ impl Connection {
             .provide_credentials()
             .await
             .map_err(|e| (credentials_error(what, &e), None))?;
-        let identity = creds.into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("kms")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| {
-                (
-                    ProviderError::new(K::InvalidRequest, format!("AWS KMS {what}: signing: {e}")),
-                    None,
-                )
-            })?
-            .into();
-        let headers = [("content-type", CONTENT_TYPE), ("x-amz-target", &target)];
-        let signable = SignableRequest::new(
-            "POST",
+        let signed = sign_headers(
+            creds,
+            &self.region,
             &self.endpoint,
-            headers.iter().copied(),
-            SignableBody::Bytes(body),
+            &target,
+            body,
+            SystemTime::now(),
         )
-        .and_then(|r| sign(r, &params))
-        .map_err(|e| {
-            (
-                ProviderError::new(K::InvalidRequest, format!("AWS KMS {what}: signing: {e}")),
-                None,
-            )
-        })?;
-        let (instructions, _signature) = signable.into_parts();
+        .map_err(|e| (e, None))?;
         let mut req = self
             .http
             .post(&self.endpoint)
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .header("x-amz-target", &target);
-        for (name, value) in instructions.headers() {
+        for (name, value) in &signed {
             let (Ok(n), Ok(mut v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
@@ -240,6 +219,46 @@ impl Connection {
         }
         Err((classify_response(action, status, &err), retry_after))
     }
+}
+
+/// The SigV4 headers (`authorization`, `x-amz-date`, `x-amz-security-token` for temporary
+/// credentials) for a KMS JSON request at `time` (AWS General Reference, "Signature Version 4
+/// signing process"; the signed headers are `content-type`, `host` and `x-amz-target`).
+pub(super) fn sign_headers(
+    creds: aws_credential_types::Credentials,
+    region: &str,
+    endpoint: &str,
+    target: &str,
+    body: &[u8],
+    time: SystemTime,
+) -> Result<Vec<(String, String)>, ProviderError> {
+    let bad = |e: &dyn fmt::Display| {
+        ProviderError::new(K::InvalidRequest, format!("AWS KMS {target}: signing: {e}"))
+    };
+    let identity = creds.into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("kms")
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| bad(&e))?
+        .into();
+    let headers = [("content-type", CONTENT_TYPE), ("x-amz-target", target)];
+    let signed = SignableRequest::new(
+        "POST",
+        endpoint,
+        headers.iter().copied(),
+        SignableBody::Bytes(body),
+    )
+    .and_then(|r| sign(r, &params))
+    .map_err(|e| bad(&e))?;
+    let (instructions, _signature) = signed.into_parts();
+    Ok(instructions
+        .headers()
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect())
 }
 
 /// The error for a non-success answer (also used by the unit tests with recorded answers).
