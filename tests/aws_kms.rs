@@ -1,7 +1,8 @@
 //! The AWS KMS provider against a real LocalStack KMS (started by the tests themselves, see
 //! `aws_support`): the conformance suite, accounts on an alias through create → rotate →
 //! revoke → restore, a key-ARN account that stays pinned, the same-vault rule across regions,
-//! and transport failures (stopped endpoint, unknown CA).
+//! an outage that leaves accounts active, transport failures (stopped endpoint, unknown CA),
+//! retries against a canned server, and credentials from the environment.
 
 mod aws_support;
 
@@ -155,6 +156,7 @@ async fn rsa_oaep_sha1_on_localstack_is_the_documented_gap() {
 
 struct Accounts {
     admin: Arc<AwsKmsAdmin>,
+    directory: Arc<VaultDirectory>,
     vault: String,
     clock: Arc<ManualClock>,
     audit: Arc<MemoryAuditSink>,
@@ -197,13 +199,14 @@ impl Accounts {
                 "platform-kek",
                 WrapAlgorithm::A256Kw,
             ),
-            directory,
+            directory.clone(),
         )
         .audit(audit.clone())
         .clock(clock.clone())
         .build();
         Accounts {
             admin,
+            directory,
             vault,
             clock,
             audit,
@@ -523,4 +526,220 @@ async fn a_stopped_endpoint_is_transient_with_bounded_retries_and_an_unknown_ca_
         AwsKmsProvider::new(plain).expect_err("http").kind(),
         K::InvalidRequest
     );
+}
+
+/// A loopback HTTP/1.1 server that answers every request with `answers[i]` (status, extra
+/// headers, body) in turn, repeating the last one, and counts the requests.
+fn canned(answers: Vec<(u16, &'static str, &'static str)>) -> (String, Arc<AtomicUsize>) {
+    use std::io::{Read as _, Write as _};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = format!("http://{}", l.local_addr().expect("addr"));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = [0u8; 16384];
+            let _ = c.read(&mut buf);
+            let i = h.fetch_add(1, Ordering::SeqCst).min(answers.len() - 1);
+            let (status, headers, body) = answers[i];
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\n{headers}\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, hits)
+}
+
+fn canned_provider(addr: &str, retry: RetryPolicy) -> AwsKmsProvider {
+    AwsKmsProvider::new(
+        AwsKmsConfig::new(
+            &format!("arn:aws:kms:{REGION}:{ACCOUNT}"),
+            Credentials::new("test", "test", None, None, "byok-tests"),
+        )
+        .expect("config")
+        .endpoint(addr)
+        .allow_insecure_http(true)
+        .retry(retry),
+    )
+    .expect("provider")
+}
+
+const THROTTLED: &str = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+const DESCRIBED: &str = r#"{"KeyMetadata":{"KeyId":"1234abcd-12ab-34cd-56ef-1234567890ab","KeyState":"Disabled","Enabled":false,"KeySpec":"ECC_NIST_P256","KeyUsage":"SIGN_VERIFY","CreationDate":1571767572.317}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_transient_answers_are_retried_within_bounds_and_retry_after_is_honoured() {
+    let retry = RetryPolicy::new(3, Duration::from_millis(10), Duration::from_secs(2));
+    // Throttled twice (the second with Retry-After: 1), then an answer: three requests.
+    let (addr, hits) = canned(vec![
+        (400, "", THROTTLED),
+        (400, "Retry-After: 1\r\n", THROTTLED),
+        (200, "", DESCRIBED),
+    ]);
+    let t = Instant::now();
+    let props = canned_provider(&addr, retry)
+        .key_properties("alias/x", None)
+        .await
+        .expect("after two throttled answers");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert!(!props.enabled);
+    assert!(t.elapsed() >= Duration::from_secs(1), "Retry-After ignored");
+
+    // Always throttled: 1 + 3 retries, then Throttled (transient).
+    let (addr, hits) = canned(vec![(400, "", THROTTLED)]);
+    let e = canned_provider(&addr, retry)
+        .key_properties("alias/x", None)
+        .await
+        .expect_err("throttled");
+    assert_eq!(e.kind(), K::Throttled);
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
+    assert!(e.message().contains("after 4 attempts"), "{e}");
+
+    // A definitive answer is never retried.
+    let (addr, hits) = canned(vec![(
+        400,
+        "",
+        r#"{"__type":"NotFoundException","message":"Alias is not found."}"#,
+    )]);
+    let e = canned_provider(&addr, retry)
+        .key_properties("alias/x", None)
+        .await
+        .expect_err("not found");
+    assert_eq!(e.kind(), K::KeyNotFound);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // The error type may come in the x-amzn-ErrorType header only (an empty body).
+    let (addr, _) = canned(vec![(
+        400,
+        "x-amzn-ErrorType: DisabledException:http://internal.amazon.com/coral/com.amazonaws.kms/\r\n",
+        "",
+    )]);
+    let e = canned_provider(&addr, retry)
+        .key_properties("alias/x", None)
+        .await
+        .expect_err("disabled");
+    assert_eq!(e.kind(), K::KeyDisabled, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_stays_active_through_a_kms_outage() {
+    let w = Accounts::new(shared()).await;
+    let alias = unique("outage");
+    w.admin
+        .create_key(&alias, KeySpec::Rsa(2048))
+        .await
+        .expect("create key");
+    let key: KeyId = format!("{}:alias/{alias}", w.vault).parse().expect("alias");
+    let id = AccountId::new("aws-outage").expect("id");
+    w.manager
+        .create_account(w.new_account(&id, key))
+        .await
+        .expect("create");
+    let sealed = w
+        .manager
+        .encrypt(&id, &blob(), b"o", b"data")
+        .await
+        .expect("encrypt");
+    // KMS unreachable for this vault and identity (a port nothing listens on).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let dead = canned_provider(&format!("http://127.0.0.1:{port}"), RetryPolicy::none());
+    w.directory
+        .override_provider(&w.vault, &Identity::new("service"), Arc::new(dead));
+    w.clock.advance(Duration::from_secs(301));
+    match w.manager.decrypt(&id, b"o", &sealed).await {
+        Err(e @ Error::Unavailable { .. }) => assert_eq!(e.http_status(), 503, "{e}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(matches!(
+        w.manager.check(&id).await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert_eq!(w.state(&id).await, StateKind::Active);
+    assert!(w.state_changes(&id).is_empty());
+}
+
+const ENV_CHILD: &str = "BYOK_AWS_ENV_CHILD";
+
+/// `EnvironmentCredentials` read the standard variables; without them the failure is the
+/// service's (transient), not the tenant's. Run in child processes so the variables are set
+/// without touching this process's environment.
+#[test]
+fn environment_credentials_are_read_from_the_standard_variables() {
+    let s = shared();
+    let run = |with: bool| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args([
+            "--exact",
+            "environment_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            ENV_CHILD,
+            format!("{} {}", s.endpoint, s.state_dir.display()),
+        )
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN");
+        if with {
+            cmd.env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+                .env(
+                    "AWS_SECRET_ACCESS_KEY",
+                    "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                )
+                .env("AWS_SESSION_TOKEN", "token");
+        }
+        let out = cmd.output().expect("child");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    assert!(
+        run(true).contains("env child: loaded"),
+        "the child did not run"
+    );
+    let without = run(false);
+    assert!(without.contains("env child: not loaded"), "{without}");
+    assert!(!without.contains("wJalrXUtnFEMI"), "{without}");
+}
+
+/// Runs only in the child processes of [`environment_credentials_are_read_from_the_standard_variables`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_child() {
+    let Ok(spec) = std::env::var(ENV_CHILD) else {
+        return;
+    };
+    let (endpoint, state_dir) = spec.split_once(' ').expect("spec");
+    let ca = std::fs::read_to_string(format!("{state_dir}/tls/ca.pem")).expect("ca");
+    let p = AwsKmsProvider::new(
+        AwsKmsConfig::new(
+            &format!("arn:aws:kms:{REGION}:{ACCOUNT}"),
+            byok::EnvironmentCredentials::new(),
+        )
+        .expect("config")
+        .endpoint(endpoint)
+        .ca_pem(&ca)
+        .retry(RetryPolicy::none()),
+    )
+    .expect("provider");
+    match p.key_properties("alias/never-created", None).await {
+        // Signed and sent: KMS answered about the key.
+        Err(e) if e.kind() == K::KeyNotFound => println!("env child: loaded"),
+        Err(e) if e.kind() == K::Unavailable && e.message().contains("credentials") => {
+            assert!(e.is_transient());
+            println!("env child: not loaded ({e})");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
 }
