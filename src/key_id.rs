@@ -17,10 +17,13 @@ use crate::error::Error;
 /// | Key Vault URI | `https://<host>/keys/<name>[/<version>]` | `<host>[:<port>]` | `<name>` | `<version>` or `None` |
 /// | AWS key ARN | `arn:<partition>:kms:<region>:<account>:key/<key-id>` | `arn:<partition>:kms:<region>:<account>` | `<key-id>` | always `Some(<key-id>)` |
 /// | AWS alias ARN | `arn:<partition>:kms:<region>:<account>:alias/<name>[@<key-id>]` | as above | `alias/<name>` | `<key-id>` the alias pointed at, or `None` |
+/// | Transit path | `https://<host>/v1/<mount>/keys/<name>[/<version>]` | `<host>[:<port>]/v1/<mount>` | `<name>` (as written) | `<n>` or `None` |
 ///
 /// The Key Vault URI form also names keys of the in-memory and file vaults, PKCS#11 tokens
-/// and Vault/OpenBao Transit servers (`https://127.0.0.1:8200/keys/<name>/<version>`: the
-/// Transit mount is the provider's configuration, one mount per server address).
+/// and Vault/OpenBao Transit servers (`https://127.0.0.1:8200/keys/<name>/<version>`, the
+/// mount being the provider's configuration). The Transit path form names the mount too, so
+/// two mounts of one server are two vaults; a `TransitProvider` names its keys that way when
+/// its `TransitConfig::vault_host` is `<host>[:<port>]/v1/<mount>`.
 ///
 /// # Vaults: where the same-vault rule and the directory look
 ///
@@ -118,6 +121,10 @@ pub enum KeyIdKind {
     /// `arn:<partition>:kms:<region>:<account>:alias/<name>`: an AWS KMS alias (the key it
     /// points at is the version).
     AwsAliasArn,
+    /// `https://<host>[:<port>]/v1/<mount>/keys/<name>[/<version>]`: a key of a Vault/OpenBao
+    /// Transit mount, as its HTTP API names it (the mount is part of the vault; the name is
+    /// case-sensitive and kept as written; versions are positive numbers).
+    TransitPath,
 }
 
 impl KeyId {
@@ -150,6 +157,19 @@ impl KeyId {
     fn from_parts(vault: &str, name: &str, version: Option<&str>) -> Result<Self, &'static str> {
         if is_aws_vault(vault) {
             return Self::aws_from_parts(vault, name, version);
+        }
+        if vault.contains(TRANSIT_API) {
+            check_name(name)?;
+            if let Some(v) = version {
+                check_transit_version(v)?;
+            }
+            return Ok(Self {
+                kind: KeyIdKind::TransitPath,
+                vault: normalize_transit_vault(vault)?,
+                // Transit key names are case-sensitive: kept as written.
+                name: name.to_owned(),
+                version: version.map(str::to_owned),
+            });
         }
         let vault = normalize_vault(vault)?;
         check_name(name)?;
@@ -252,6 +272,46 @@ impl KeyId {
             (KeyIdKind::AwsAliasArn, None) => Some(format!("{}:{}", self.vault, self.name)),
             _ => None,
         }
+    }
+}
+
+/// What separates a Transit server's authority from its mount in a Transit path form.
+const TRANSIT_API: &str = "/v1/";
+
+/// `<authority>/v1/<mount>`: the authority normalised like [`normalize_vault`], the mount path
+/// kept as written (Vault/OpenBao mount paths are case-sensitive): one or more segments of
+/// letters, digits, `-`, `_` and `.`, none of them `keys` (which ends the mount in the text).
+fn normalize_transit_vault(vault: &str) -> Result<String, &'static str> {
+    let Some((authority, mount)) = vault.split_once(TRANSIT_API) else {
+        return Err("a Transit vault is <host>[:<port>]/v1/<mount>");
+    };
+    let authority = normalize_vault(authority)?;
+    let mount = mount.strip_suffix('/').unwrap_or(mount);
+    let segment_ok = |m: &str| {
+        !m.is_empty()
+            && m != "keys"
+            && m != "."
+            && m != ".."
+            && m.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if mount.is_empty() || mount.len() > 128 || !mount.split('/').all(segment_ok) {
+        return Err("the Transit mount is 1 to 128 characters of path segments \
+                    (letters, digits, '-', '_', '.'; not 'keys')");
+    }
+    Ok(format!("{authority}{TRANSIT_API}{mount}"))
+}
+
+/// A Transit key version: a positive decimal number without leading zeros.
+fn check_transit_version(v: &str) -> Result<(), &'static str> {
+    if !v.is_empty()
+        && v.len() <= 10
+        && !v.starts_with('0')
+        && v.bytes().all(|b| b.is_ascii_digit())
+    {
+        Ok(())
+    } else {
+        Err("a Transit key version is a positive number")
     }
 }
 
@@ -398,6 +458,9 @@ pub(crate) fn normalize_vault(h: &str) -> Result<String, &'static str> {
 /// properties): [`normalize_vault`]'s result, or the input in lower case when it is not a
 /// valid authority (no `KeyId` can name such a vault anyway).
 pub(crate) fn canonical_vault(h: &str) -> String {
+    if h.contains(TRANSIT_API) {
+        return normalize_transit_vault(h).unwrap_or_else(|_| h.to_owned());
+    }
     if is_aws_vault(h) {
         return normalize_aws_vault(h).unwrap_or_else(|_| h.to_owned());
     }
@@ -452,6 +515,29 @@ impl FromStr for KeyId {
         }
         let mut parts = rest.split('/');
         let host = parts.next().unwrap_or_default();
+        let mut after_host = parts.clone();
+        if after_host.next() == Some("v1") {
+            // Transit path form: /v1/<mount…>/keys/<name>[/<version>].
+            let mut mount = Vec::new();
+            for seg in after_host.by_ref() {
+                if seg == "keys" {
+                    break;
+                }
+                mount.push(seg);
+            }
+            let name = after_host.next().ok_or_else(|| {
+                invalid(s, "the path must be /v1/<mount>/keys/<name>[/<version>]")
+            })?;
+            let version = after_host.next();
+            if after_host.next().is_some() || mount.is_empty() {
+                return Err(invalid(
+                    s,
+                    "the path must be /v1/<mount>/keys/<name>[/<version>]",
+                ));
+            }
+            let vault = format!("{host}{TRANSIT_API}{}", mount.join("/"));
+            return Self::from_parts(&vault, name, version).map_err(|r| invalid(s, r));
+        }
         if parts.next() != Some("keys") {
             return Err(invalid(s, "the path must be /keys/<name>[/<version>]"));
         }
@@ -517,7 +603,7 @@ impl fmt::Display for KeyId {
                 }
                 return Ok(());
             }
-            KeyIdKind::KeyVaultUri => {}
+            KeyIdKind::KeyVaultUri | KeyIdKind::TransitPath => {}
         }
         write!(f, "https://{}/keys/{}", self.vault, self.name)?;
         if let Some(v) = &self.version {
@@ -552,6 +638,36 @@ pub(crate) fn check_parser_properties(input: &str) {
     let rebuilt = KeyId::new(id.vault(), id.name(), id.version())
         .unwrap_or_else(|e| panic!("the parts of {printed:?} do not rebuild it: {e}"));
     assert_eq!(rebuilt, id);
+    if id.kind() == KeyIdKind::TransitPath {
+        // Scheme and authority case, :443, a trailing slash; the name's case matters.
+        let (authority, mount) = id.vault().split_once(TRANSIT_API).unwrap_or_default();
+        let port = if authority.contains(':') { "" } else { ":443" };
+        let tail = match id.version() {
+            Some(v) => format!("{}/{v}", id.name()),
+            None => id.name().to_owned(),
+        };
+        let spelling = format!(
+            "HTTPS://{}{port}/v1/{mount}/keys/{tail}/",
+            authority.to_ascii_uppercase()
+        );
+        let other: KeyId = spelling
+            .parse()
+            .unwrap_or_else(|e| panic!("{spelling:?}, a spelling of {printed:?}, fails: {e}"));
+        assert_eq!(other, id, "{spelling:?} differs from {printed:?}");
+        assert_eq!(hasher.hash_one(&other), hasher.hash_one(&id));
+        assert_eq!(other.to_string(), printed);
+        if id.name().bytes().any(|b| b.is_ascii_lowercase()) {
+            let upper: KeyId = format!(
+                "https://{}/keys/{}",
+                id.vault(),
+                id.name().to_ascii_uppercase()
+            )
+            .parse()
+            .unwrap_or_else(|e| panic!("upper-case name of {printed:?} fails: {e}"));
+            assert_ne!(upper, id, "Transit names are case-sensitive");
+        }
+        return;
+    }
     if id.kind() != KeyIdKind::KeyVaultUri {
         // AWS: key ids in upper case are the same key.
         let upper = match id.kind() {
@@ -788,7 +904,11 @@ mod tests {
                 if next() % 2 == 0 {
                     s.push_str(PIECES[9 + (next() % 6) as usize]);
                 }
-                s.push_str("/keys/");
+                s.push_str(if next() % 4 == 0 {
+                    "/v1/transit/keys/"
+                } else {
+                    "/keys/"
+                });
                 s.push_str(PIECES[20 + (next() % 6) as usize]);
                 if next() % 2 == 0 {
                     s.push('/');
@@ -969,6 +1089,67 @@ mod tests {
     }
 
     #[test]
+    fn transit_paths_name_the_mount_and_keep_the_name() {
+        for (s, vault, name, version) in [
+            (
+                "https://127.0.0.1:8200/v1/transit/keys/Tenant-A",
+                "127.0.0.1:8200/v1/transit",
+                "Tenant-A",
+                None,
+            ),
+            (
+                "https://vault.example/v1/tenants/eu_1/transit/keys/cmk/12",
+                "vault.example/v1/tenants/eu_1/transit",
+                "cmk",
+                Some("12"),
+            ),
+        ] {
+            let id: KeyId = s.parse().expect(s);
+            assert_eq!(id.kind(), KeyIdKind::TransitPath);
+            assert_eq!(
+                (id.vault(), id.name(), id.version()),
+                (vault, name, version)
+            );
+            assert_eq!(id.to_string(), s);
+            assert_eq!(KeyId::new(vault, name, version).expect("new"), id);
+            let json = serde_json::to_string(&id).expect("json");
+            assert_eq!(serde_json::from_str::<KeyId>(&json).expect("back"), id);
+            check_parser_properties(s);
+        }
+        let a: KeyId = "HTTPS://Vault.Example:443/v1/transit/keys/k/"
+            .parse()
+            .expect("a");
+        assert_eq!(a.to_string(), "https://vault.example/v1/transit/keys/k");
+        assert_eq!(a.with_version("3").expect("v").version(), Some("3"));
+        // Another mount of the same server is another vault; the URI form is a third.
+        let b: KeyId = "https://vault.example/v1/transit2/keys/k"
+            .parse()
+            .expect("b");
+        let c: KeyId = "https://vault.example/keys/k".parse().expect("c");
+        assert_ne!(a.vault(), b.vault());
+        assert_ne!(a.vault(), c.vault());
+        assert_eq!(canonical_vault("Vault.Example:443/v1/transit"), a.vault());
+        for bad in [
+            "https://vault.example/v1/keys/k",
+            "https://vault.example/v1/transit/keys/",
+            "https://vault.example/v1/transit/keys/k/0",
+            "https://vault.example/v1/transit/keys/k/01",
+            "https://vault.example/v1/transit/keys/k/v2",
+            "https://vault.example/v1/transit/keys/k/1/x",
+            "https://vault.example/v1/tr%20ansit/keys/k",
+            "https://vault.example/v1//keys/k",
+            "https://vault.example/v1/../keys/k",
+            "https://vault.example/v1/transit",
+            "https://vault.example/v1/transit/keys/bad_name",
+        ] {
+            assert!(
+                matches!(bad.parse::<KeyId>(), Err(Error::InvalidKeyId { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn parser_properties_hold_over_generated_strings() {
         let inputs = generated(5000);
         let parsed = inputs.iter().filter(|s| s.parse::<KeyId>().is_ok()).count();
@@ -980,6 +1161,12 @@ mod tests {
             .filter(|k| k.kind() != KeyIdKind::KeyVaultUri)
             .count();
         assert!(aws > 200, "only {aws} AWS forms parsed");
+        let transit = inputs
+            .iter()
+            .filter_map(|s| s.parse::<KeyId>().ok())
+            .filter(|k| k.kind() == KeyIdKind::TransitPath)
+            .count();
+        assert!(transit > 100, "only {transit} Transit paths parsed");
         for s in &inputs {
             check_parser_properties(s);
             if let Ok(id) = s.parse::<KeyId>() {

@@ -176,9 +176,12 @@ impl TransitConfig {
         self
     }
 
-    /// The host that key identifiers name (default: `host[:port]` of the address).
+    /// The vault that key identifiers name (default: `host[:port]` of the address, for the
+    /// Key Vault URI form `https://<host>/keys/<name>`). Give `<host>[:<port>]/v1/<mount>` to
+    /// name keys in the Transit path form `https://<host>/v1/<mount>/keys/<name>`, where each
+    /// mount is its own vault ([`crate::KeyIdKind::TransitPath`]).
     pub fn vault_host(mut self, host: &str) -> Self {
-        self.vault_host = Some(host.to_ascii_lowercase());
+        self.vault_host = Some(crate::key_id::canonical_vault(host));
         self
     }
 
