@@ -285,13 +285,9 @@ impl VaultAdmin for AwsKmsAdmin {
     }
 
     async fn recover_key(&self, name: &str) -> Result<(), ProviderError> {
-        let keys = match self.keys_of(name).await {
-            Ok(k) => k,
-            // The alias resolves to a key pending deletion: DescribeKey still answers, so
-            // only a missing alias lands here.
-            Err(e) => return Err(e),
-        };
-        for key_id in keys {
+        // DescribeKey answers through the alias while its key is pending deletion, so only a
+        // missing alias fails here (KeyNotFound).
+        for key_id in self.keys_of(name).await? {
             self.call_key(Action::CancelKeyDeletion, &key_id).await?;
             // AWS leaves a key whose deletion was cancelled disabled.
             self.call_key(Action::EnableKey, &key_id).await?;
@@ -330,8 +326,8 @@ impl VaultAdmin for AwsKmsAdmin {
         ))
     }
 
-    async fn remove_identity(&self, _identity: &Identity) -> Result<(), ProviderError> {
-        self.set_access(_identity, Permissions::NONE).await
+    async fn remove_identity(&self, identity: &Identity) -> Result<(), ProviderError> {
+        self.set_access(identity, Permissions::NONE).await
     }
 
     async fn provider_for(

@@ -314,7 +314,7 @@ pub(super) fn classify(action: Action, status: StatusCode, code: &str, text: &st
                 K::Unavailable
             }
         }
-        "AccessDeniedException" | "AccessDeniedExceptionReason" => K::Forbidden,
+        "AccessDeniedException" => K::Forbidden,
         "InvalidKeyUsageException" | "UnsupportedOperationException" => K::WrongKeyType,
         "IncorrectKeyException" | "InvalidCiphertextException" => K::UnwrapFailed,
         "ThrottlingException" | "LimitExceededException" | "TooManyRequestsException" => {
