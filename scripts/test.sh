@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (SoftHSM2 for the
-# PKCS#11 provider, OpenSSL for interop tests, OpenBao for the Transit provider, PostgreSQL
-# for the PostgreSQL account store; each test binary sets up and tears down its own token,
+# PKCS#11 provider, OpenSSL for interop tests, OpenBao for the Transit provider, LocalStack
+# for the AWS KMS provider, PostgreSQL for the PostgreSQL account store; each test binary sets up and tears down its own token,
 # server or cluster), then runs every test with every feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,9 @@ if [ ${#need[@]} -gt 0 ]; then
   (apt-get install -y -qq "${need[@]}" >/dev/null 2>&1) || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; }
 fi
 bash scripts/openbao.sh install >&2
+# LocalStack (KMS only, host mode) into ~/.cache/byok/localstack-venv; needs Python 3.13
+# (the machine's pyenv 3.13.0, else python3.13) and openssl for its certificate.
+bash scripts/localstack.sh install >&2
 
 # Every fuzz target builds against the current API and survives a short smoke run.
 bash scripts/fuzz-smoke.sh

@@ -13,7 +13,7 @@
 //! | [`account`] | [`AccountManager`] and its builder, accounts' records, states, policies and data classes: the customer-managed-key lifecycle (`docs/ACCOUNTS.md`) |
 //! | [`store`] | where account records live: the [`AccountStore`](store::AccountStore) interface, the in-memory, PostgreSQL and SQLite stores (`docs/STORES.md`) |
 //! | [`envelope`] | the object format: [`Envelope`], streaming readers and writers, sealed fields, inspection (`docs/FORMAT.md`) |
-//! | [`provider`] | where keys live: [`KeyProvider`], [`VaultAdmin`], key and vault types, the resolver; one submodule per backend (`memory`, `file`, `pkcs11`, `transit`) |
+//! | [`provider`] | where keys live: [`KeyProvider`], [`VaultAdmin`], key and vault types, the resolver; one submodule per backend (`memory`, `file`, `pkcs11`, `transit`, `aws`) |
 //! | [`audit`] | audit events and sinks |
 //! | [`clock`] | the injectable clock |
 //! | `testing` (feature `testing`) | test aids: the provider and store conformance suites, a fault-injecting provider, a manual clock, deterministic vaults |
@@ -39,7 +39,7 @@ mod util;
 pub use crate::account::{AccountId, AccountManager, KeySource, Policy};
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
-pub use crate::key_id::KeyId;
+pub use crate::key_id::{KeyId, KeyIdKind};
 pub use crate::provider::{KeyProvider, VaultAdmin};
 pub use crate::secret::{AES_256_KEY_LEN, AesKey, SecretBytes, SecretString};
 

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use byok::account::{DataClass, NewAccount, PlatformKey, StateKind};
 use byok::audit::{AuditAction, MemoryAuditSink};
 use byok::provider::ProviderFactory;
+use byok::provider::RetryPolicy;
 use byok::provider::memory::InMemoryVault;
-use byok::provider::transit::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider};
+use byok::provider::transit::{TransitAdmin, TransitConfig, TransitProvider};
 use byok::provider::{
     Identity, KeySpec, OaepHash, Permissions, VaultDirectory, VaultProperties, WrapAlgorithm,
     WrappedKey,
@@ -1588,4 +1589,83 @@ async fn an_expired_service_token_leaves_the_account_active() {
     assert!(w.state_changes(&a.id).is_empty());
     // (A policy that denies the key with a working token is definitive and locks the account:
     // revoked_policy_or_soft_deleted_key_locks_the_account_until_restored.)
+}
+
+/// Issue 13: a Transit key named by its API path (`https://<host>/v1/<mount>/keys/<name>`): the
+/// mount is part of the vault, so an account works on a second mount and the same-vault rule
+/// tells two mounts of one server apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_path_key_ids_name_the_mount() {
+    let s = shared();
+    let mount = unique("mount");
+    assert_eq!(
+        raw(
+            s,
+            reqwest::Method::POST,
+            &format!("sys/mounts/{mount}"),
+            serde_json::json!({"type": "transit"}),
+        )
+        .await,
+        204,
+        "mount {mount}"
+    );
+    let authority = s.addr.strip_prefix("http://").expect("plain dev server");
+    let vault = format!("{authority}/v1/{mount}");
+    let w = TransitAccounts::with_admin(
+        TransitAdmin::new(root_config(s).mount(&mount).vault_host(&vault)).expect("admin"),
+    )
+    .await;
+    assert_eq!(w.host, vault);
+    let policy = Policy::builder("transit-path")
+        .require_vault_protection(true, false)
+        .key_change_same_vault_only(true)
+        .cache_max_age(Duration::from_secs(300))
+        .build();
+    let a = w.account("path", policy).await;
+    let rec = w.manager.account(&a.id).await.expect("get");
+    let v1: KeyId = format!("https://{vault}/keys/{}/1", a.key)
+        .parse()
+        .expect("path form");
+    assert_eq!(v1.kind(), byok::KeyIdKind::TransitPath);
+    assert_eq!(rec.current_customer_key(), Some(v1.clone()));
+    assert_eq!(rec.account_key.as_ref().expect("wrapped").vault, vault);
+    assert_eq!(
+        w.manager.accounts_using(&v1).await.expect("using"),
+        std::slice::from_ref(&a.id)
+    );
+    let o = w
+        .manager
+        .encrypt(&a.id, &blob(), b"o", b"on a second mount")
+        .await
+        .expect("encrypt");
+    w.clock.advance(Duration::from_secs(301));
+    assert_eq!(
+        w.manager.decrypt(&a.id, b"o", &o).await.expect("decrypt"),
+        b"on a second mount"
+    );
+    // Rotation on this mount is followed.
+    w.admin.rotate_key(&a.key).await.expect("rotate");
+    let rec = w.manager.refresh(&a.id).await.expect("refresh");
+    assert_eq!(
+        rec.current_customer_key(),
+        Some(v1.with_version("2").expect("v2"))
+    );
+    // The same key name on the server's default mount is another vault.
+    let other: KeyId = format!("https://{authority}/v1/transit/keys/{}", a.key)
+        .parse()
+        .expect("default mount");
+    match w
+        .manager
+        .set_customer_key(&a.id, other, a.identity.clone())
+        .await
+    {
+        Err(Error::Policy {
+            violation: PolicyViolation::DifferentVault { current, requested },
+            ..
+        }) => {
+            assert_eq!(current, vault);
+            assert_eq!(requested, format!("{authority}/v1/transit"));
+        }
+        other => panic!("expected DifferentVault, got {other:?}"),
+    }
 }

@@ -287,10 +287,19 @@ impl AccountManager {
     /// or `platform:` / `infrastructure:` and the service key's name and version.
     pub(crate) fn audit_key(w: &WrappedAccountKey) -> String {
         match w.role {
-            KeyRole::Customer => format!(
-                "https://{}/keys/{}/{}",
-                w.vault, w.wrapped.key_name, w.wrapped.key_version
-            ),
+            // The key's own identifier form (Key Vault URI, AWS ARN) with its version.
+            KeyRole::Customer => {
+                crate::KeyId::new(&w.vault, &w.wrapped.key_name, Some(&w.wrapped.key_version))
+                    .map_or_else(
+                        |_| {
+                            format!(
+                                "https://{}/keys/{}/{}",
+                                w.vault, w.wrapped.key_name, w.wrapped.key_version
+                            )
+                        },
+                        |k| k.to_string(),
+                    )
+            }
             role => format!(
                 "{}:{}/{}",
                 role.as_str(),

@@ -208,16 +208,30 @@ async fn latest_version_resolution(c: &Ctx<'_>) -> CheckResult {
         K::KeyNotFound,
         "unknown key",
     )?;
-    if c.admin.capabilities().disable_version {
+    let caps = c.admin.capabilities();
+    if caps.disable_version {
         ok(
             c.admin.set_enabled(&name, &v2.version, false).await,
             "disable",
         )?;
-        let got = ok(p.key_properties(&name, None).await, "properties")?;
-        check(
-            got.version == v1.version,
-            "latest should skip a disabled version",
-        )?;
+        if caps.latest_skips_disabled {
+            let got = ok(p.key_properties(&name, None).await, "properties")?;
+            check(
+                got.version == v1.version,
+                "latest should skip a disabled version",
+            )?;
+        } else {
+            // "Latest" is a pointer to one key: its disabled target is reported, never
+            // silently replaced by an older key.
+            match p.key_properties(&name, None).await {
+                Ok(got) => check(
+                    got.version == v2.version && !got.enabled,
+                    "a disabled latest key must be reported as disabled",
+                )?,
+                Err(e) if e.kind() == K::KeyDisabled => {}
+                Err(e) => return Err(format!("disabled latest: unexpected error {e}")),
+            }
+        }
     }
     Ok(())
 }

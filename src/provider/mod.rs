@@ -11,6 +11,7 @@
 //! | [`file`](mod@file) | a software vault in an encrypted directory (unix) | — |
 //! | `pkcs11` | a PKCS#11 token (HSM); `docs/PKCS11.md` | `pkcs11` |
 //! | `transit` | Vault / OpenBao Transit over HTTPS; `docs/TRANSIT.md` | `transit` |
+//! | `aws` | AWS KMS (RSA keys, SigV4 over HTTPS); `docs/AWS_KMS.md` | `aws-kms` |
 //!
 //! The in-memory and file vaults are one generic software vault ([`soft::SoftVault`]) over two
 //! storages. The conformance suite every provider passes is `byok::testing::provider_conformance`.
@@ -26,6 +27,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, ProviderError};
 use crate::secret::SecretBytes;
 
+#[cfg(feature = "aws-kms")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-kms")))]
+pub mod aws;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod conformance;
 mod directory;
@@ -38,6 +42,8 @@ pub mod memory;
 #[cfg(feature = "pkcs11")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pkcs11")))]
 pub mod pkcs11;
+#[cfg(any(feature = "transit", feature = "aws-kms"))]
+mod retry;
 pub mod soft;
 #[cfg(feature = "transit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "transit")))]
@@ -45,6 +51,9 @@ pub mod transit;
 
 pub use crate::crypto::{OaepHash, RsaPublic};
 pub use directory::{KeyResolver, VaultDirectory};
+#[cfg(any(feature = "transit", feature = "aws-kms"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "transit", feature = "aws-kms"))))]
+pub use retry::RetryPolicy;
 
 /// Refuses key names a [`crate::KeyId`] cannot carry (every provider creates only those).
 pub(crate) fn check_name(name: &str) -> Result<(), ProviderError> {
@@ -464,6 +473,10 @@ pub struct AdminCapabilities {
     pub access_policies: bool,
     /// Disabling and re-enabling one version.
     pub disable_version: bool,
+    /// A versionless lookup skips a disabled newest version and resolves to the newest
+    /// enabled one. False where "latest" is a pointer to one key (an AWS KMS alias): a
+    /// disabled target is then reported as disabled, with no fallback.
+    pub latest_skips_disabled: bool,
     /// Import of an existing RSA key from PEM.
     pub import_pem: bool,
     /// Platform-owned AES-256 keys (`A256KW`).
@@ -483,6 +496,7 @@ impl AdminCapabilities {
         purge: true,
         access_policies: true,
         disable_version: true,
+        latest_skips_disabled: true,
         import_pem: true,
         aes_keys: true,
         ec_keys: true,

@@ -66,6 +66,7 @@ impl VaultAdmin for Pkcs11Provider {
             purge: false,
             access_policies: false,
             disable_version: true,
+            latest_skips_disabled: true,
             import_pem: true,
             aes_keys: true,
             ec_keys: true,

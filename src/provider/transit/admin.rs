@@ -316,6 +316,7 @@ impl VaultAdmin for TransitAdmin {
             purge: true,
             access_policies: true,
             disable_version: false,
+            latest_skips_disabled: true,
             import_pem: false,
             aes_keys: true,
             ec_keys: true,

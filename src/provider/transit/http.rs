@@ -121,31 +121,9 @@ impl Connection {
         op: Op,
         retry: bool,
     ) -> Result<Answer, ProviderError> {
-        let attempts = if retry {
-            self.retry.max_retries.saturating_add(1)
-        } else {
-            1
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.once(token, &method, path, body, op).await {
-                Ok(a) => return Ok(a),
-                Err((e, retry_after)) => {
-                    if !e.is_transient() || attempt >= attempts {
-                        return Err(if attempt > 1 {
-                            e.map_message(|m| format!("{m} (after {attempt} attempts)"))
-                        } else {
-                            e
-                        });
-                    }
-                    let wait = retry_after
-                        .filter(|d| *d <= self.retry.max_backoff)
-                        .unwrap_or_else(|| self.retry.backoff(attempt - 1));
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
+        self.retry
+            .run(retry, || self.once(token, &method, path, body, op))
+            .await
     }
 
     async fn once(

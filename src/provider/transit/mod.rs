@@ -41,54 +41,7 @@ use auth::{Auth, Credential};
 use http::{Answer, Connection, Op};
 use wire::{DecryptData, EncryptData, KeyData, Kind};
 
-/// Bounded retries with exponential backoff and jitter, applied only to transient failures
-/// (timeouts, refused connections, 429, 5xx other than a failed decryption).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RetryPolicy {
-    /// Retries after the first attempt (0 = no retry).
-    pub max_retries: u32,
-    /// Delay before the first retry; doubled for every further one.
-    pub initial_backoff: Duration,
-    /// Upper bound of one delay (also the longest `Retry-After` honoured).
-    pub max_backoff: Duration,
-}
-
-impl RetryPolicy {
-    /// `max_retries` retries, starting at `initial_backoff` and doubling up to `max_backoff`.
-    pub fn new(max_retries: u32, initial_backoff: Duration, max_backoff: Duration) -> Self {
-        Self {
-            max_retries,
-            initial_backoff,
-            max_backoff,
-        }
-    }
-
-    /// No retry at all: every failure is returned as it happens.
-    pub fn none() -> Self {
-        Self::new(0, Duration::ZERO, Duration::ZERO)
-    }
-
-    /// Delay before retry number `n` (0-based): `initial · 2^n`, capped, with ±25 % jitter.
-    fn backoff(&self, n: u32) -> Duration {
-        let base = self
-            .initial_backoff
-            .saturating_mul(1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX))
-            .min(self.max_backoff);
-        let mut r = [0u8; 1];
-        crate::crypto::fill_random(&mut r);
-        // 75 % .. 125 % of the base delay, still capped.
-        let pct = 75 + u32::from(r[0]) * 50 / 255;
-        (base * pct / 100).min(self.max_backoff)
-    }
-}
-
-impl Default for RetryPolicy {
-    /// Two retries, 100 ms then 200 ms (±25 %), never more than 2 s per delay.
-    fn default() -> Self {
-        Self::new(2, Duration::from_millis(100), Duration::from_secs(2))
-    }
-}
+use crate::provider::retry::RetryPolicy;
 
 /// Where and how to reach a Transit mount: address, credential, TLS, proxy, timeouts, retries.
 ///
@@ -224,9 +177,12 @@ impl TransitConfig {
         self
     }
 
-    /// The host that key identifiers name (default: `host[:port]` of the address).
+    /// The vault that key identifiers name (default: `host[:port]` of the address, for the
+    /// Key Vault URI form `https://<host>/keys/<name>`). Give `<host>[:<port>]/v1/<mount>` to
+    /// name keys in the Transit path form `https://<host>/v1/<mount>/keys/<name>`, where each
+    /// mount is its own vault ([`crate::KeyIdKind::TransitPath`]).
     pub fn vault_host(mut self, host: &str) -> Self {
-        self.vault_host = Some(host.to_ascii_lowercase());
+        self.vault_host = Some(crate::key_id::canonical_vault(host));
         self
     }
 
