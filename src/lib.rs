@@ -45,6 +45,11 @@ pub use crate::envelope::{
 pub use crate::envelope::{AsyncOpenReader, AsyncSealWriter};
 pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
 pub use crate::key_id::KeyId;
+#[cfg(feature = "azure")]
+pub use crate::provider::azure::{
+    AzureCredential, AzureKeyVaultAdmin, AzureKeyVaultConfig, AzureKeyVaultProvider, AzureRetry,
+    ManagedIdentityId,
+};
 pub use crate::provider::fault::{FaultInjector, ProviderOp};
 #[cfg(unix)]
 pub use crate::provider::file::{Argon2Params, FileProvider, FileVault, FileVaultOptions};
@@ -62,6 +67,11 @@ pub use crate::secret::{AES_256_KEY_LEN, AesKey, SecretBytes, SecretString};
 pub use crate::stores::postgres::{PostgresAccountStore, PostgresStoreOptions};
 #[cfg(feature = "sqlite")]
 pub use crate::stores::sqlite::SqliteAccountStore;
+/// The `azure_core` version the Azure provider is built on (for
+/// [`azure_core::credentials::TokenCredential`] implementations given to
+/// [`AzureCredential::Token`]).
+#[cfg(feature = "azure")]
+pub use azure_core;
 
 /// The provider conformance suite (feature `testing`): run it against your own
 /// [`KeyProvider`] + [`VaultAdmin`] to check it behaves like every bundled provider.

@@ -13,6 +13,8 @@ use crate::crypto::RsaPublic;
 use crate::error::{Error, ProviderError};
 use crate::secret::SecretBytes;
 
+#[cfg(feature = "azure")]
+pub(crate) mod azure;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod conformance;
 pub(crate) mod fault;
