@@ -1065,6 +1065,31 @@ mod tests {
     }
 
     #[test]
+    fn debug_never_prints_the_client_secret_and_only_https_vaults_are_accepted() {
+        let secret = "hunter2-client-secret";
+        let config = AzureKeyVaultConfig::new(
+            "https://contoso.vault.azure.net/",
+            AzureCredential::client_secret(
+                "tenant",
+                "client",
+                SecretString::new(secret.to_owned()),
+            ),
+        );
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("client"), "{shown}");
+        let p = AzureKeyVaultProvider::new(config).expect("provider");
+        assert_eq!(p.vault_host(), "contoso.vault.azure.net");
+        assert!(!format!("{p:?}").contains(secret));
+        let e = AzureKeyVaultProvider::new(AzureKeyVaultConfig::new(
+            "http://contoso.vault.azure.net",
+            AzureCredential::system_assigned(),
+        ))
+        .expect_err("plain http");
+        assert_eq!(e.kind(), K::InvalidRequest);
+    }
+
+    #[test]
     fn a256kw_is_refused_before_any_request() {
         assert_eq!(
             sdk_algorithm(WrapAlgorithm::A256Kw)
