@@ -36,15 +36,21 @@ fn config(s: &ContractServer, client: &str) -> AzureKeyVaultConfig {
 
 /// As [`config`], for another vault URL (a port nothing listens on).
 fn config_at(s: &ContractServer, client: &str, vault_url: &str) -> AzureKeyVaultConfig {
-    AzureKeyVaultConfig::new(
+    pinned(
+        s,
         vault_url,
         AzureCredential::client_secret(TENANT, client, SecretString::new(secret_of(client))),
     )
-    .authority_host(&s.authority)
-    .ca_pem(&s.ca_pem)
-    .only_given_ca()
-    .resolve(VAULT_HOST, s.addr)
-    .resolve(LOGIN_HOST, s.addr)
+}
+
+/// A config with `credential`, trusting only the contract server's CA, both hosts pinned.
+fn pinned(s: &ContractServer, vault_url: &str, credential: AzureCredential) -> AzureKeyVaultConfig {
+    AzureKeyVaultConfig::new(vault_url, credential)
+        .authority_host(&s.authority)
+        .ca_pem(&s.ca_pem)
+        .only_given_ca()
+        .resolve(VAULT_HOST, s.addr)
+        .resolve(LOGIN_HOST, s.addr)
 }
 
 fn owner(s: &ContractServer) -> AzureKeyVaultAdmin {
@@ -757,4 +763,176 @@ async fn an_account_on_a_key_vault_key_goes_through_create_rotate_revoke_restore
         w.manager.account(&id).await.expect("account").state.kind(),
         StateKind::Active
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_exchanges_its_federated_token_file() {
+    let s = ContractServer::start();
+    let name = unique("wi");
+    AzureKeyVaultAdmin::new(config(&s, OWNER))
+        .expect("admin")
+        .create_key(&name, KeySpec::Rsa(2048))
+        .await
+        .expect("create");
+    let app = unique("workload");
+    s.set_access(
+        &app,
+        Some(Perms {
+            get: true,
+            wrap: true,
+            unwrap: true,
+        }),
+    );
+    let dir = std::env::temp_dir().join(unique("byok-wi"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("azure-identity-token");
+    std::fs::write(&file, azure_support::federated_token_of(&app)).expect("token file");
+    let workload = |token_file: std::path::PathBuf| {
+        AzureKeyVaultProvider::new(
+            pinned(
+                &s,
+                &s.vault_url,
+                AzureCredential::WorkloadIdentity {
+                    tenant_id: Some(TENANT.to_owned()),
+                    client_id: Some(app.clone()),
+                    token_file: Some(token_file),
+                },
+            )
+            .retry(AzureRetry::none()),
+        )
+        .expect("provider")
+    };
+    let p = workload(file.clone());
+    let w = p
+        .wrap_key(&name, None, WrapAlgorithm::RsaOaep256, &SECRET)
+        .await
+        .expect("wrap with a workload identity token");
+    assert_eq!(
+        p.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        SECRET
+    );
+    // A federated token the directory does not accept: the service's credential fails,
+    // transiently, never as the tenant's Forbidden.
+    let bad = dir.join("stale-token");
+    std::fs::write(&bad, "stale").expect("token file");
+    let e = workload(bad)
+        .unwrap_key(&w)
+        .await
+        .expect_err("refused assertion");
+    assert_eq!(e.kind(), K::Unavailable, "{e}");
+    assert!(e.message().contains("credential"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Set by the parent test for its child process: the App Service managed identity variables
+/// are process-wide, so they are set on a child only, never on this process.
+const MI_CHILD: &str = "BYOK_AZURE_MI_CHILD";
+
+#[test]
+fn managed_identities_get_their_token_from_the_identity_endpoint() {
+    let s = ContractServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let name = unique("mi");
+    let uami = unique("user-assigned");
+    rt.block_on(async {
+        AzureKeyVaultAdmin::new(config(&s, OWNER))
+            .expect("admin")
+            .create_key(&name, KeySpec::Rsa(2048))
+            .await
+            .expect("create");
+    });
+    let all = Some(Perms {
+        get: true,
+        wrap: true,
+        unwrap: true,
+    });
+    s.set_access(&uami, all);
+    s.set_access(azure_support::SYSTEM_ASSIGNED, all);
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "managed_identity_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            MI_CHILD,
+            format!("{} {} {name} {uami}", s.vault_url, s.addr),
+        )
+        .env("BYOK_AZURE_MI_CA", &s.ca_pem)
+        .env("IDENTITY_ENDPOINT", &s.msi_endpoint)
+        .env("IDENTITY_HEADER", azure_support::MSI_SECRET)
+        .output()
+        .expect("child");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("managed identity child ok"),
+        "the child did not run: {text}"
+    );
+    // The tokens came from the managed identity endpoint, for each identity.
+    let holders = s.token_holders();
+    assert!(holders.contains(&uami), "{holders:?}");
+    assert!(
+        holders.contains(azure_support::SYSTEM_ASSIGNED),
+        "{holders:?}"
+    );
+}
+
+/// Runs only in the child process of
+/// [`managed_identities_get_their_token_from_the_identity_endpoint`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_identity_child() {
+    let Ok(spec) = std::env::var(MI_CHILD) else {
+        return;
+    };
+    let mut parts = spec.split(' ');
+    let (Some(vault_url), Some(addr), Some(name), Some(uami)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        panic!("bad child spec {spec:?}");
+    };
+    let addr: SocketAddr = addr.parse().expect("addr");
+    let ca = std::env::var("BYOK_AZURE_MI_CA").expect("CA");
+    let with = |c: AzureCredential| {
+        AzureKeyVaultProvider::new(
+            AzureKeyVaultConfig::new(vault_url, c)
+                .ca_pem(&ca)
+                .only_given_ca()
+                .resolve(VAULT_HOST, addr)
+                .retry(AzureRetry::none()),
+        )
+        .expect("provider")
+    };
+    // The account's user-assigned identity (the seeds' "user-assigned managed identity").
+    let user = with(AzureCredential::user_assigned(
+        byok::ManagedIdentityId::ClientId(uami.to_owned()),
+    ));
+    let w = user
+        .wrap_key(name, None, WrapAlgorithm::RsaOaep256, &SECRET)
+        .await
+        .expect("wrap as the user-assigned identity");
+    assert_eq!(
+        user.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        SECRET
+    );
+    // The host's system-assigned identity.
+    let system = with(AzureCredential::system_assigned());
+    assert_eq!(
+        system.unwrap_key(&w).await.expect("unwrap").expose_secret(),
+        SECRET
+    );
+    // Another user-assigned identity gets a token but has no access: Forbidden.
+    let other = with(AzureCredential::user_assigned(
+        byok::ManagedIdentityId::ClientId(unique("not-granted")),
+    ));
+    assert_eq!(
+        other.unwrap_key(&w).await.expect_err("no access").kind(),
+        K::Forbidden
+    );
+    println!("managed identity child ok");
 }

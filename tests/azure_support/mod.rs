@@ -65,6 +65,18 @@ pub const OWNER: &str = "vault-owner";
 /// Versions per page of `GET /keys/{name}/versions` (small, so paging is exercised).
 pub const PAGE: usize = 1;
 
+/// The federated token (the AKS-projected service account token) the token endpoint accepts as
+/// `client_assertion` for `client_id` (workload identity).
+pub fn federated_token_of(client_id: &str) -> String {
+    format!("federated-token-of-{client_id}")
+}
+
+/// The `X-IDENTITY-HEADER` value the managed identity endpoint expects (App Service's
+/// `IDENTITY_HEADER`).
+pub const MSI_SECRET: &str = "contract-identity-header";
+/// The principal a system-assigned managed identity token stands for.
+pub const SYSTEM_ASSIGNED: &str = "system-assigned-identity";
+
 /// The client secret the token endpoint accepts for `client_id`.
 pub fn secret_of(client_id: &str) -> String {
     format!("secret-of-{client_id}")
@@ -129,6 +141,9 @@ pub struct State {
 /// A running server; stopped when dropped.
 pub struct ContractServer {
     pub addr: SocketAddr,
+    /// The managed identity endpoint (App Service's `IDENTITY_ENDPOINT`, plain HTTP on
+    /// loopback as on App Service).
+    pub msi_endpoint: String,
     pub vault_url: String,
     pub authority: String,
     pub ca_pem: String,
@@ -205,6 +220,9 @@ impl ContractServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
+        let msi = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        msi.set_nonblocking(true).expect("nonblocking");
+        let msi_addr = msi.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State::default()));
         state.lock().expect("state").access.insert(
             OWNER.to_owned(),
@@ -225,6 +243,24 @@ impl ContractServer {
                 .expect("server runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let msi = tokio::net::TcpListener::from_std(msi).expect("listener");
+                let msi_state = Arc::clone(&st);
+                let msi_task = tokio::spawn(async move {
+                    while let Ok((tcp, _)) = msi.accept().await {
+                        let st = Arc::clone(&msi_state);
+                        tokio::spawn(async move {
+                            let svc = hyper::service::service_fn(move |req| {
+                                let st = Arc::clone(&st);
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(managed_identity(&st, req))
+                                }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                                .await;
+                        });
+                    }
+                });
                 loop {
                     tokio::select! {
                         _ = &mut stopped => break,
@@ -245,10 +281,12 @@ impl ContractServer {
                         }
                     }
                 }
+                msi_task.abort();
             });
         });
         ContractServer {
             addr,
+            msi_endpoint: format!("http://{msi_addr}/msi/token"),
             vault_url: format!("https://{VAULT_HOST}:{port}"),
             authority: format!("https://{LOGIN_HOST}:{port}"),
             ca_pem,
@@ -303,6 +341,11 @@ impl ContractServer {
                 delay,
             });
         }
+    }
+
+    /// The principals tokens were issued to (client secret or managed identity).
+    pub fn token_holders(&self) -> HashSet<String> {
+        self.state().tokens.values().cloned().collect()
     }
 
     /// Vault requests served so far.
@@ -567,9 +610,15 @@ fn token(st: &Arc<Mutex<State>>, path: &str, body: &[u8]) -> Answer {
     let tenant = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let client = form.get("client_id").cloned().unwrap_or_default();
     let mut s = st.lock().expect("state");
+    // A client secret, or a federated client assertion (workload identity:
+    // <https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow#third-case-access-token-request-with-a-federated-credential>).
+    let secret_ok = form.get("client_secret") == Some(&secret_of(&client));
+    let assertion_ok = form.get("client_assertion_type").map(String::as_str)
+        == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        && form.get("client_assertion") == Some(&federated_token_of(&client));
     let ok = tenant == TENANT
         && form.get("grant_type").map(String::as_str) == Some("client_credentials")
-        && form.get("client_secret") == Some(&secret_of(&client))
+        && (secret_ok || assertion_ok)
         && form.get("scope").map(String::as_str) == Some(&format!("{RESOURCE}/.default"))
         && !s.disabled_apps.contains(&client);
     if !ok {
@@ -590,6 +639,51 @@ fn token(st: &Arc<Mutex<State>>, path: &str, body: &[u8]) -> Answer {
     json_answer(
         200,
         json!({ "token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": t }),
+    )
+}
+
+/// The App Service managed identity endpoint (`GET {IDENTITY_ENDPOINT}?api-version=2019-08-01
+/// &resource=…[&client_id=…]` with `X-IDENTITY-HEADER`;
+/// <https://learn.microsoft.com/azure/app-service/overview-managed-identity#rest-endpoint-reference>):
+/// a token for the user-assigned identity named by `client_id`, or for [`SYSTEM_ASSIGNED`].
+fn managed_identity(st: &Arc<Mutex<State>>, req: Request<Incoming>) -> Answer {
+    let q: HashMap<String, String> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let header_ok = req
+        .headers()
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+        == Some(MSI_SECRET);
+    if req.uri().path() != "/msi/token"
+        || !header_ok
+        || q.get("api-version").map(String::as_str) != Some("2019-08-01")
+        || q.get("resource").map(String::as_str) != Some(RESOURCE)
+    {
+        return json_answer(
+            400,
+            json!({ "statusCode": 400, "message": "Unable to load the proper Managed Identity." }),
+        );
+    }
+    let principal = q
+        .get("client_id")
+        .cloned()
+        .unwrap_or_else(|| SYSTEM_ASSIGNED.to_owned());
+    let t = random_hex(24);
+    st.lock()
+        .expect("state")
+        .tokens
+        .insert(t.clone(), principal.clone());
+    json_answer(
+        200,
+        json!({
+            "access_token": t,
+            "expires_on": (now() + 3600).to_string(),
+            "resource": RESOURCE,
+            "token_type": "Bearer",
+            "client_id": principal,
+        }),
     )
 }
 

@@ -312,8 +312,9 @@ impl AzureKeyVaultConfig {
         self
     }
 
-    /// Sends every request through this HTTP(S) proxy (the environment's proxy variables
-    /// are never used).
+    /// Sends every vault request, and the credential's HTTPS requests, through this HTTP(S)
+    /// proxy; the managed identity endpoints (plain HTTP on the host or link-local) never go
+    /// through it. The environment's proxy variables are never used.
     pub fn proxy(mut self, url: &str) -> Self {
         self.proxy = Some(url.to_owned());
         self
@@ -379,19 +380,25 @@ impl AzureKeyVaultConfig {
         self
     }
 
-    fn http(&self) -> Result<reqwest::Client, ProviderError> {
+    /// The HTTP client for the vault (`for_vault`: HTTPS only, every request through the
+    /// proxy if one is set) or for the credential (plain HTTP allowed, because the managed
+    /// identity endpoints are `http://169.254.169.254` (IMDS) and `http://localhost:…` (App
+    /// Service, `IDENTITY_ENDPOINT`); the proxy, if set, carries only HTTPS requests, so those
+    /// local endpoints are never sent through it).
+    fn http(&self, for_vault: bool) -> Result<reqwest::Client, ProviderError> {
         let bad = |what: &str, e: reqwest::Error| {
             ProviderError::new(K::InvalidRequest, format!("Azure Key Vault {what}: {e}"))
         };
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
-            .https_only(true)
+            .https_only(for_vault)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
             .tls_built_in_root_certs(self.built_in_roots);
         b = match &self.proxy {
-            Some(p) => b.proxy(reqwest::Proxy::all(p).map_err(|e| bad("proxy", e))?),
+            Some(p) if for_vault => b.proxy(reqwest::Proxy::all(p).map_err(|e| bad("proxy", e))?),
+            Some(p) => b.proxy(reqwest::Proxy::https(p).map_err(|e| bad("proxy", e))?),
             None => b.no_proxy(),
         };
         if let Some(pem) = &self.ca_pem {
@@ -503,8 +510,8 @@ impl AzureKeyVaultConfig {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
         };
-        let http = self.http()?;
-        let credential = self.credential(&http)?;
+        let http = self.http(true)?;
+        let credential = self.credential(&self.http(false)?)?;
         let options = KeyClientOptions {
             client_options: self.client_options(&http),
             ..Default::default()
