@@ -290,7 +290,10 @@ impl ProviderError {
 
     /// The same error (kind and cause) with its message rewritten by `f`.
     #[must_use]
-    #[cfg_attr(not(any(feature = "transit", feature = "aws-kms")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "transit", feature = "aws-kms", feature = "azure")),
+        allow(dead_code)
+    )]
     pub(crate) fn map_message(mut self, f: impl FnOnce(&str) -> String) -> Self {
         self.message = f(&self.message);
         self

@@ -13,7 +13,7 @@
 //! | [`account`] | [`AccountManager`] and its builder, accounts' records, states, policies and data classes: the customer-managed-key lifecycle (`docs/ACCOUNTS.md`) |
 //! | [`store`] | where account records live: the [`AccountStore`](store::AccountStore) interface, the in-memory, PostgreSQL and SQLite stores (`docs/STORES.md`) |
 //! | [`envelope`] | the object format: [`Envelope`], streaming readers and writers, sealed fields, inspection (`docs/FORMAT.md`) |
-//! | [`provider`] | where keys live: [`KeyProvider`], [`VaultAdmin`], key and vault types, the resolver; one submodule per backend (`memory`, `file`, `pkcs11`, `transit`, `aws`) |
+//! | [`provider`] | where keys live: [`KeyProvider`], [`VaultAdmin`], key and vault types, the resolver; one submodule per backend (`memory`, `file`, `pkcs11`, `transit`, `aws`, `azure`) |
 //! | [`audit`] | audit events and sinks |
 //! | [`clock`] | the injectable clock |
 //! | `testing` (feature `testing`) | test aids: the provider and store conformance suites, a fault-injecting provider, a manual clock, deterministic vaults |

@@ -354,7 +354,7 @@ impl RsaPrivate {
     /// The big-endian components `[n, e, d, p, q, d mod (p-1), d mod (q-1), q^-1 mod p]` in
     /// wiping buffers (what a PKCS#11 token needs to import the key). `None` for a key with
     /// more than two primes or without precomputed CRT values.
-    #[cfg(feature = "pkcs11")]
+    #[cfg(any(feature = "pkcs11", feature = "azure"))]
     pub(crate) fn crt_components(&self) -> Option<[Zeroizing<Vec<u8>>; 8]> {
         use rsa::traits::PrivateKeyParts;
         let b = |x: &BoxedUint| Zeroizing::new(x.to_be_bytes_trimmed_vartime().into_vec());

@@ -12,6 +12,7 @@
 //! | `pkcs11` | a PKCS#11 token (HSM); `docs/PKCS11.md` | `pkcs11` |
 //! | `transit` | Vault / OpenBao Transit over HTTPS; `docs/TRANSIT.md` | `transit` |
 //! | `aws` | AWS KMS (RSA keys, SigV4 over HTTPS); `docs/AWS_KMS.md` | `aws-kms` |
+//! | `azure` | Azure Key Vault (Microsoft's SDK; tested against a contract server); `docs/AZURE_KEY_VAULT.md` | `azure` |
 //!
 //! The in-memory and file vaults are one generic software vault ([`soft::SoftVault`]) over two
 //! storages. The conformance suite every provider passes is `byok::testing::provider_conformance`.
@@ -30,6 +31,9 @@ use crate::secret::SecretBytes;
 #[cfg(feature = "aws-kms")]
 #[cfg_attr(docsrs, doc(cfg(feature = "aws-kms")))]
 pub mod aws;
+#[cfg(feature = "azure")]
+#[cfg_attr(docsrs, doc(cfg(feature = "azure")))]
+pub mod azure;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod conformance;
 mod directory;
@@ -42,7 +46,7 @@ pub mod memory;
 #[cfg(feature = "pkcs11")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pkcs11")))]
 pub mod pkcs11;
-#[cfg(any(feature = "transit", feature = "aws-kms"))]
+#[cfg(any(feature = "transit", feature = "aws-kms", feature = "azure"))]
 mod retry;
 pub mod soft;
 #[cfg(feature = "transit")]
@@ -51,8 +55,11 @@ pub mod transit;
 
 pub use crate::crypto::{OaepHash, RsaPublic};
 pub use directory::{KeyResolver, VaultDirectory};
-#[cfg(any(feature = "transit", feature = "aws-kms"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "transit", feature = "aws-kms"))))]
+#[cfg(any(feature = "transit", feature = "aws-kms", feature = "azure"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "transit", feature = "aws-kms", feature = "azure")))
+)]
 pub use retry::RetryPolicy;
 
 /// Refuses key names a [`crate::KeyId`] cannot carry (every provider creates only those).

@@ -7,7 +7,7 @@ use crate::error::ProviderError;
 
 /// Bounded retries with exponential backoff and jitter, applied only to transient failures
 /// (timeouts, refused connections, 429, 5xx other than a failed decryption), shared by the
-/// networked providers (Vault/OpenBao Transit, AWS KMS).
+/// networked providers (Vault/OpenBao Transit, AWS KMS, Azure Key Vault).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
@@ -51,8 +51,8 @@ impl RetryPolicy {
 impl RetryPolicy {
     /// Runs `once` until it succeeds, fails with a kind that is not transient, or
     /// `max_retries + 1` attempts (1 when `retry` is off) have failed; waits the server's
-    /// `Retry-After` (the second element of a failure, when within `max_backoff`) or the
-    /// backoff between attempts. A failure after retries says how many attempts were made and
+    /// `Retry-After` (the second element of a failure) or the backoff between attempts, and
+    /// stops at once when the server asks for more than `max_backoff`. A failure after retries says how many attempts were made and
     /// keeps its cause.
     pub(crate) async fn run<T, Fut>(
         &self,
@@ -73,16 +73,17 @@ impl RetryPolicy {
             match once().await {
                 Ok(a) => return Ok(a),
                 Err((e, retry_after)) => {
-                    if !e.is_transient() || attempt >= attempts {
+                    // A server that asks for a longer wait than `max_backoff` gets no early
+                    // retry: the failure (transient) goes to the caller at once.
+                    let too_long = retry_after.is_some_and(|d| d > self.max_backoff);
+                    if !e.is_transient() || attempt >= attempts || too_long {
                         return Err(if attempt > 1 {
                             e.map_message(|m| format!("{m} (after {attempt} attempts)"))
                         } else {
                             e
                         });
                     }
-                    let wait = retry_after
-                        .filter(|d| *d <= self.max_backoff)
-                        .unwrap_or_else(|| self.backoff(attempt - 1));
+                    let wait = retry_after.unwrap_or_else(|| self.backoff(attempt - 1));
                     tokio::time::sleep(wait).await;
                 }
             }
