@@ -8,10 +8,13 @@
 
 mod ct;
 mod kw32;
+mod record;
 mod rng;
 mod rustcrypto;
 
 pub(crate) use ct::{ct_eq, ct_eq_32};
+#[cfg_attr(not(unix), allow(unused_imports))] // the file vault is unix-only
+pub(crate) use record::{check_value, checksum, open_record, seal_record};
 pub(crate) use rng::{SeededRng, ThreadRng, fill_random};
 pub(crate) use rustcrypto::RsaPrivate;
 pub use rustcrypto::RsaPublic;

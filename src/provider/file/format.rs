@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{GCM_NONCE_LEN, Gcm, fill_random, hkdf_sha256};
+use crate::crypto::{GCM_NONCE_LEN, Gcm, fill_random};
 use crate::provider::soft::{KeyEntry, Material, VaultState};
 use crate::provider::{Identity, KeyType, Permissions, VaultProperties};
 
@@ -210,29 +210,18 @@ impl Meta {
     }
 }
 
-/// The unkeyed checksum of `vault.meta`'s fields: HKDF-SHA-256 with a fixed public salt, i.e.
-/// a plain hash (the crypto core's HKDF is the one hash primitive providers use).
+/// The unkeyed checksum of `vault.meta`'s fields.
 fn checksum(fields: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    hkdf_sha256(b"byok vault.meta checksum", fields, &[b"v1"], &mut out);
-    out
+    crate::crypto::checksum(b"byok vault.meta checksum", fields)
 }
 
-/// The check value: HKDF-SHA-256 keyed by the check key (its extract step is
-/// HMAC-SHA-256(check key, fields)), a MAC only the right master key reproduces.
+/// The check value: a MAC of the fields that only the right master key reproduces.
 fn check_value(check_key: &[u8; 32], fields: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    hkdf_sha256(
-        check_key,
-        fields,
-        &[b"byok vault.meta check value v1"],
-        &mut out,
-    );
-    out
+    crate::crypto::check_value(check_key, fields, b"byok vault.meta check value v1")
 }
 
 /// Seals `body` as a record of kind `magic` at `generation`, bound to `file_name` and
-/// `vault_id`.
+/// `vault_id` (the sealing itself is the crypto core's [`crate::crypto::seal_record`]).
 pub(super) fn seal_record(
     gcm: &Gcm,
     magic: &[u8; 8],
@@ -241,18 +230,11 @@ pub(super) fn seal_record(
     vault_id: &[u8; 16],
     body: &[u8],
 ) -> Vec<u8> {
-    let mut nonce = [0u8; GCM_NONCE_LEN];
-    fill_random(&mut nonce);
     let mut header = Writer::default();
     header.raw(magic);
     header.u16(CURRENT_VERSION);
     header.u64(generation);
-    header.raw(&nonce);
-    let aad = record_aad(&header.0, file_name, vault_id);
-    let ct = gcm.seal(&nonce, &aad, body);
-    let mut out = header.0;
-    out.extend_from_slice(&ct);
-    out
+    crate::crypto::seal_record(gcm, header.0, |h| record_aad(h, file_name, vault_id), body)
 }
 
 /// Opens a record of kind `magic`: returns its generation and body.
@@ -271,15 +253,16 @@ fn open_record(
         return Err(Malformed::UnknownVersion(v));
     }
     let generation = r.u64()?;
-    let nonce = r.array::<GCM_NONCE_LEN>()?;
-    let header = &bytes[..RECORD_HEADER_LEN];
-    let aad = record_aad(header, file_name, vault_id);
-    let body = gcm
-        .open(&nonce, &aad, r.rest())
-        .map_err(|_| Malformed::Unauthentic)?;
+    r.array::<GCM_NONCE_LEN>()?;
+    let body = crate::crypto::open_record(gcm, bytes, RECORD_HEADER_LEN, |h| {
+        record_aad(h, file_name, vault_id)
+    })
+    .map_err(|()| Malformed::Unauthentic)?;
     Ok((generation, body))
 }
 
+/// What a record's authentication binds: its header, the file's name and the vault's id (a
+/// record moved to another file or vault does not open).
 fn record_aad(header: &[u8], file_name: &str, vault_id: &[u8; 16]) -> Vec<u8> {
     let mut w = Writer::default();
     w.raw(header);
@@ -695,11 +678,6 @@ impl<'a> Reader<'a> {
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
-    }
-    fn rest(&mut self) -> &'a [u8] {
-        let s = &self.buf[self.pos..];
-        self.pos = self.buf.len();
-        s
     }
     fn array<const N: usize>(&mut self) -> Parsed<[u8; N]> {
         let mut a = [0u8; N];
