@@ -42,6 +42,8 @@ pub(crate) mod fault;
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
 pub mod file;
+#[cfg(any(feature = "transit", feature = "aws-kms"))]
+mod http;
 pub mod memory;
 #[cfg(feature = "pkcs11")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pkcs11")))]

@@ -126,7 +126,7 @@ impl AwsKmsAdmin {
             )
             .await?;
         Ok(ans
-            .json::<super::wire::DescribeKeyResponse>(Action::CreateKey)?
+            .json::<super::wire::DescribeKeyResponse>(Action::CreateKey.name())?
             .key_metadata
             .key_id)
     }

@@ -12,7 +12,6 @@ use aws_sigv4::sign::v4;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::wire::ErrorBody;
 use crate::error::{ProviderError, ProviderErrorKind as K};
@@ -20,10 +19,8 @@ use crate::provider::retry::RetryPolicy;
 
 /// The JSON protocol's content type (AWS KMS API Reference, "Common parameters").
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-/// The largest response body read; KMS answers are a few KiB at most.
-const MAX_BODY: usize = 64 * 1024;
-/// The most characters of server text put into an error message.
-const MAX_TEXT: usize = 512;
+pub(super) use crate::provider::http::Answer;
+use crate::provider::http::read_bounded;
 
 /// The KMS actions byok calls (`X-Amz-Target: TrentService.<action>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +38,7 @@ pub(super) enum Action {
 }
 
 impl Action {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Self::DescribeKey => "DescribeKey",
             Self::GetPublicKey => "GetPublicKey",
@@ -74,36 +71,6 @@ impl fmt::Debug for Connection {
             .field("region", &self.region)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
-    }
-}
-
-/// A successful answer's body (wiped on drop: a Decrypt answer holds the secret).
-pub(super) struct Answer {
-    body: Vec<u8>,
-}
-
-impl Drop for Answer {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.body);
-    }
-}
-
-impl Answer {
-    /// The body parsed as `T`.
-    pub(super) fn json<T: DeserializeOwned>(&self, action: Action) -> Result<T, ProviderError> {
-        // serde_json's message may quote the offending value: give only its class and place.
-        serde_json::from_slice(&self.body).map_err(|e| {
-            ProviderError::new(
-                K::Unavailable,
-                format!(
-                    "malformed AWS KMS {} response: {:?} error at line {} column {}",
-                    action.name(),
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })
     }
 }
 
@@ -339,49 +306,10 @@ pub(super) fn classify(action: Action, status: StatusCode, code: &str, text: &st
     }
 }
 
-/// Reads at most [`MAX_BODY`] bytes; `true` when there was more.
-async fn read_bounded(mut resp: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-        return Ok((Vec::new(), true));
-    }
-    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(MAX_BODY.min(8192)));
-    while let Some(chunk) = resp.chunk().await? {
-        let room = MAX_BODY - buf.len();
-        if chunk.len() > room {
-            return Ok((Vec::new(), true));
-        }
-        if buf.len() + chunk.len() > buf.capacity() {
-            // Grow into a fresh buffer and wipe the old one (a Decrypt answer is secret).
-            let mut bigger = Vec::with_capacity((buf.len() + chunk.len()).max(2 * buf.capacity()));
-            bigger.extend_from_slice(&buf);
-            buf = zeroize::Zeroizing::new(bigger);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok((core::mem::take(&mut *buf), false))
-}
-
-/// Server text made fit for an error message: control characters become spaces, whitespace
-/// folds, at most [`MAX_TEXT`] characters are kept. (KMS error texts name keys and states,
-/// never plaintext: byok sends no plaintext to KMS.)
+/// Server text made fit for an error message (see [`crate::provider::http::server_text`];
+/// byok sends no plaintext to KMS, so there is no request body to guard against).
 pub(super) fn server_text(raw: &str) -> String {
-    let mut out = String::new();
-    for c in raw.chars() {
-        let c = if c.is_control() || c.is_whitespace() {
-            ' '
-        } else {
-            c
-        };
-        if c == ' ' && (out.is_empty() || out.ends_with(' ')) {
-            continue;
-        }
-        if out.chars().count() == MAX_TEXT {
-            out.push_str(" …(truncated)");
-            break;
-        }
-        out.push(c);
-    }
-    out.trim_end().to_owned()
+    crate::provider::http::server_text(raw, None)
 }
 
 /// A failure to get the service's own credentials: transient for the tenant (the service
@@ -407,25 +335,7 @@ fn credentials_error(
     )
 }
 
-/// A failure before any HTTP status: refused connection, TLS, timeout.
+/// A failure before any HTTP status (see [`crate::provider::http::transport_error`]).
 fn transport_error(what: &str, e: reqwest::Error) -> ProviderError {
-    let mut chain = vec![e.to_string()];
-    let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if chain.last() != Some(&t) {
-            chain.push(t);
-        }
-        src = s.source();
-    }
-    let kind = if e.is_timeout() {
-        K::Timeout
-    } else {
-        K::Unavailable
-    };
-    ProviderError::new(
-        kind,
-        format!("AWS KMS {what}: {}", server_text(&chain.join(": "))),
-    )
-    .with_source(e)
+    crate::provider::http::transport_error("AWS KMS", what, "AwsKmsConfig::ca_pem", e)
 }

@@ -302,7 +302,7 @@ impl AwsKmsProvider {
             .call(Action::DescribeKey, &KeyIdRequest { key_id: arn })
             .await?;
         Ok(ans
-            .json::<DescribeKeyResponse>(Action::DescribeKey)?
+            .json::<DescribeKeyResponse>(Action::DescribeKey.name())?
             .key_metadata)
     }
 
@@ -314,7 +314,7 @@ impl AwsKmsProvider {
             .conn()
             .call(Action::GetPublicKey, &KeyIdRequest { key_id: key_arn })
             .await?;
-        let r: wire::PublicKeyResponse = ans.json(Action::GetPublicKey)?;
+        let r: wire::PublicKeyResponse = ans.json(Action::GetPublicKey.name())?;
         let der = Base64::decode_vec(&r.public_key).map_err(|_| {
             ProviderError::new(
                 K::Unavailable,
@@ -527,7 +527,7 @@ impl KeyProvider for AwsKmsProvider {
                 },
             )
             .await?;
-        let r: DecryptResponse = ans.json(Action::Decrypt)?;
+        let r: DecryptResponse = ans.json(Action::Decrypt.name())?;
         let pt = Base64::decode_vec(&r.plaintext).map_err(|_| {
             ProviderError::new(
                 K::Unavailable,

@@ -11,6 +11,7 @@ use reqwest::Method;
 
 use super::auth::{Auth, Credential};
 use super::http::Op;
+use super::http::TransitAnswer as _;
 use super::wire::{self, KeyData};
 use super::{Client, TransitConfig, TransitProvider, name_not_found};
 use crate::error::{ProviderError, ProviderErrorKind as K};
@@ -211,7 +212,7 @@ impl TransitAdmin {
             )
             .await?;
         let auth = ans
-            .envelope::<serde_json::Value>("token create")?
+            .json::<super::wire::Envelope<serde_json::Value>>("token create")?
             .auth
             .ok_or_else(|| {
                 ProviderError::new(K::Unavailable, "Transit token create returned no auth")

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde::Deserialize;
 
+use super::http::TransitAnswer as _;
 use super::http::{Answer, Connection, Op};
 use crate::error::{ProviderError, ProviderErrorKind as K};
 use crate::secret::SecretString;
@@ -464,7 +465,7 @@ impl Auth {
 }
 
 fn auth_info(a: &Answer, what: &str) -> Result<AuthInfo, ProviderError> {
-    a.envelope_as::<AuthEnvelope>(what)?.auth.ok_or_else(|| {
+    a.json::<AuthEnvelope>(what)?.auth.ok_or_else(|| {
         ProviderError::new(K::Unavailable, format!("Transit {what} returned no auth"))
     })
 }

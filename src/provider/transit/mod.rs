@@ -38,7 +38,7 @@ mod tests;
 pub use admin::TransitAdmin;
 
 use auth::{Auth, Credential};
-use http::{Answer, Connection, Op};
+use http::{Answer, Connection, Op, TransitAnswer as _};
 use wire::{DecryptData, EncryptData, KeyData, Kind};
 
 use crate::provider::retry::RetryPolicy;

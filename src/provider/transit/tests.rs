@@ -4,10 +4,11 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 
-use super::http::{MAX_TEXT, Op, classify, server_text};
+use super::http::{Op, classify};
 use super::wire::{format_ciphertext, parse_ciphertext, parse_rfc3339, parse_version};
 use super::{RetryPolicy, TransitAdmin, TransitConfig, TransitProvider, shape_fits};
 use crate::error::ProviderErrorKind as K;
+use crate::provider::http::{MAX_TEXT, server_text};
 use crate::provider::{Identity, Permissions, WrapAlgorithm};
 use crate::secret::SecretString;
 
