@@ -28,6 +28,58 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Polls every future until all are done (concurrency without assuming a runtime; the
+/// conformance suites use it).
+#[cfg(any(test, feature = "testing"))]
+pub(crate) struct JoinAll<'a, T>(
+    Vec<Option<core::pin::Pin<Box<dyn core::future::Future<Output = T> + Send + 'a>>>>,
+    Vec<Option<T>>,
+);
+
+#[cfg(any(test, feature = "testing"))]
+impl<'a, T> JoinAll<'a, T> {
+    pub(crate) fn new(
+        futures: Vec<core::pin::Pin<Box<dyn core::future::Future<Output = T> + Send + 'a>>>,
+    ) -> Self {
+        let n = futures.len();
+        Self(
+            futures.into_iter().map(Some).collect(),
+            (0..n).map(|_| None).collect(),
+        )
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl<T> core::future::Future for JoinAll<'_, T> {
+    type Output = Vec<T>;
+    fn poll(
+        self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Vec<T>> {
+        let this = self.get_mut();
+        let mut pending = false;
+        for (slot, out) in this.0.iter_mut().zip(this.1.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    core::task::Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    core::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            core::task::Poll::Pending
+        } else {
+            core::task::Poll::Ready(this.1.drain(..).flatten().collect())
+        }
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl<T> Unpin for JoinAll<'_, T> {}
+
 #[cfg(test)]
 mod tests {
     #[test]

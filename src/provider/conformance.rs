@@ -11,7 +11,6 @@
 
 use core::future::Future;
 use core::pin::Pin;
-use core::task::{Context, Poll};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -521,7 +520,7 @@ async fn concurrent_unwraps(c: &Ctx<'_>) -> CheckResult {
         })
         .collect();
     let results: Vec<Result<crate::SecretBytes, ProviderError>> =
-        JoinAll(futs.into_iter().map(Some).collect(), Vec::new()).await;
+        crate::util::JoinAll::new(futs).await;
     let good = results
         .iter()
         .filter(|r| matches!(r, Ok(s) if s.expose_secret() == SECRET))
@@ -530,40 +529,6 @@ async fn concurrent_unwraps(c: &Ctx<'_>) -> CheckResult {
         good == 64,
         &format!("{good} of 64 concurrent unwraps succeeded"),
     )
-}
-
-/// Polls every future until all are done (concurrency without assuming a runtime).
-struct JoinAll<T>(
-    Vec<Option<Pin<Box<dyn Future<Output = T> + Send>>>>,
-    Vec<Option<T>>,
-);
-
-impl<T: Unpin> Future for JoinAll<T> {
-    type Output = Vec<T>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<T>> {
-        let this = &mut *self;
-        if this.1.is_empty() {
-            this.1 = (0..this.0.len()).map(|_| None).collect();
-        }
-        let mut pending = false;
-        for (slot, out) in this.0.iter_mut().zip(this.1.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => {
-                        *out = Some(v);
-                        *slot = None;
-                    }
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(this.1.drain(..).flatten().collect())
-        }
-    }
 }
 
 /// Runs every scenario against `admin` (which plays the vault owner and hands out

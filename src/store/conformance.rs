@@ -224,7 +224,7 @@ async fn concurrent_writers_one_wins(c: &Ctx<'_>) -> CheckResult {
     let r = c.record("race", "k", "v1")?;
     c.create(&r).await?;
     let candidates: Vec<AccountRecord> = (0..4).map(|i| next(&r, &format!("w{i}"))).collect();
-    let results = JoinAll::new(
+    let results = crate::util::JoinAll::new(
         candidates
             .iter()
             .map(|u| Box::pin(c.store.update(u)) as Pin<Box<dyn Future<Output = _> + Send + '_>>)
@@ -723,48 +723,6 @@ pub async fn run(store: &dyn AccountStore) -> StoreConformanceReport {
     print!("{out}");
     report
 }
-
-/// Polls every future until all are done (concurrency without assuming a runtime).
-struct JoinAll<'a, T>(
-    Vec<Option<Pin<Box<dyn Future<Output = T> + Send + 'a>>>>,
-    Vec<Option<T>>,
-);
-
-impl<'a, T> JoinAll<'a, T> {
-    fn new(futures: Vec<Pin<Box<dyn Future<Output = T> + Send + 'a>>>) -> Self {
-        let n = futures.len();
-        Self(
-            futures.into_iter().map(Some).collect(),
-            (0..n).map(|_| None).collect(),
-        )
-    }
-}
-
-impl<T> Future for JoinAll<'_, T> {
-    type Output = Vec<T>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<T>> {
-        let this = self.get_mut();
-        let mut pending = false;
-        for (slot, out) in this.0.iter_mut().zip(this.1.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => {
-                        *out = Some(v);
-                        *slot = None;
-                    }
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(this.1.drain(..).flatten().collect())
-        }
-    }
-}
-
-impl<T> Unpin for JoinAll<'_, T> {}
 
 /// A runtime-independent sleep: a helper thread wakes the task.
 fn sleep(d: Duration) -> Sleep {
