@@ -4,6 +4,7 @@
 
 mod account;
 mod audit;
+mod blocking;
 mod clock;
 mod crypto;
 mod envelope;
@@ -32,7 +33,7 @@ pub use crate::audit::{
     AuditAction, AuditEvent, AuditOutcome, AuditSink, MemoryAuditSink, TracingAuditSink,
 };
 pub use crate::clock::{Clock, ManualClock, SystemClock};
-pub use crate::crypto::{OaepHash, RsaPublic};
+pub use crate::crypto::{BACKEND as CRYPTO_BACKEND, OaepHash, RsaPublic};
 /// Fuzzing entry points (only with `--cfg fuzzing`, as cargo-fuzz builds).
 #[cfg(fuzzing)]
 pub use crate::envelope::fuzzing;

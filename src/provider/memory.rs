@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use super::soft::{Change, Material, SoftVault, VaultState, soft_vault_impls};
 use super::{Identity, KeyProperties, KeySpec, VaultProperties};
 use crate::clock::{Clock, SystemClock};
-use crate::crypto::{RsaPrivate, SeededRng, ThreadRng, fill_random};
+use crate::crypto::{RsaPrivate, SeededRng, fill_random};
 use crate::error::ProviderError;
 
 /// The randomness a software vault draws keys from.
@@ -30,8 +30,8 @@ impl VaultRng {
 
     pub(crate) fn generate_rsa(&mut self, bits: usize) -> Result<RsaPrivate, crate::Error> {
         match self {
-            Self::Os => RsaPrivate::generate(&mut ThreadRng, bits),
-            Self::Seeded(r) => RsaPrivate::generate(&mut **r, bits),
+            Self::Os => RsaPrivate::generate(bits),
+            Self::Seeded(r) => RsaPrivate::generate_with(&mut **r, bits),
         }
     }
 }
@@ -39,6 +39,9 @@ impl VaultRng {
 struct Inner {
     state: RwLock<VaultState>,
     rng: Mutex<VaultRng>,
+    /// Made with a fixed seed: a deterministic test vault, which runs key generation and RSA
+    /// operations on the caller's task.
+    seeded: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -87,6 +90,10 @@ impl InMemoryVault {
 
     /// An empty vault with an injected clock (retention periods) and a fixed RNG seed (key
     /// generation), so tests are deterministic. Never use a fixed seed in production.
+    ///
+    /// Such a vault also runs key generation and RSA private-key operations on the caller's
+    /// task, not on the crate's blocking pool, so that a seeded test schedule replays exactly
+    /// (a vault from [`new`](Self::new) keeps them off the caller's executor).
     pub fn with_clock_and_seed(
         props: VaultProperties,
         clock: Arc<dyn Clock>,
@@ -100,9 +107,11 @@ impl InMemoryVault {
     }
 
     fn with_parts(props: VaultProperties, clock: Arc<dyn Clock>, rng: VaultRng) -> Self {
+        crate::crypto::warm_up();
         Self {
             inner: Arc::new(Inner {
                 state: RwLock::new(VaultState::new(props)),
+                seeded: matches!(rng, VaultRng::Seeded(_)),
                 rng: Mutex::new(rng),
                 clock,
             }),
@@ -127,6 +136,12 @@ impl InMemoryVault {
 }
 
 impl SoftVault for InMemoryVault {
+    const COMMIT_BLOCKS: bool = false;
+
+    fn runs_inline(&self) -> bool {
+        self.inner.seeded
+    }
+
     fn with_state<T>(
         &self,
         f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,

@@ -546,6 +546,16 @@ fn not_found(name: &str) -> ProviderError {
 /// in-memory and file vaults differ only here; [`soft_vault_impls!`] gives both the same
 /// [`super::VaultAdmin`] and [`super::KeyProvider`] behaviour on top of it.
 pub(crate) trait SoftVault {
+    /// Whether [`commit`](Self::commit) blocks (file I/O and fsync): then changes run on the
+    /// crate's blocking pool; otherwise on the caller's task (a lock and a map update).
+    const COMMIT_BLOCKS: bool;
+
+    /// Whether blocking work runs on the caller's task anyway: a deterministic test vault
+    /// (fixed RNG seed), whose schedules must replay exactly, without thread hops.
+    fn runs_inline(&self) -> bool {
+        false
+    }
+
     /// Runs `f` on the current state (reloaded first where another process may have changed
     /// it).
     fn with_state<T>(
@@ -584,6 +594,110 @@ pub(crate) trait SoftVault {
     }
 }
 
+/// Runs `f` with a handle on `vault` on the crate's blocking pool
+/// ([`crate::blocking::spawn`]), off the caller's executor.
+async fn off_executor<V, T, F>(vault: &V, f: F) -> Result<T, ProviderError>
+where
+    V: SoftVault + Clone + Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(&V) -> Result<T, ProviderError> + Send + 'static,
+{
+    if vault.runs_inline() {
+        return f(vault);
+    }
+    let vault = vault.clone();
+    crate::blocking::spawn(move || f(&vault)).await
+}
+
+// The operations of `soft_vault_impls!` that do blocking work (key generation, RSA private-key
+// operations, fsync) run it on the blocking pool through these functions.
+
+/// `VaultAdmin::create_key`: generation (RSA 4096 takes seconds) and the commit on the pool.
+pub(crate) async fn create_key<V>(
+    vault: &V,
+    name: &str,
+    spec: KeySpec,
+) -> Result<KeyProperties, ProviderError>
+where
+    V: SoftVault + Clone + Send + 'static,
+{
+    // Refuse a taken name before spending time on generation (checked again when the change
+    // is applied).
+    vault.with_state(|s| s.check_free(name))?;
+    let name = name.to_owned();
+    off_executor(vault, move |v| {
+        let m = v.generate(spec)?;
+        v.add_version(&name, m, true)
+    })
+    .await
+}
+
+/// `VaultAdmin::rotate_key`: generation and the commit on the pool.
+pub(crate) async fn rotate_key<V>(vault: &V, name: &str) -> Result<KeyProperties, ProviderError>
+where
+    V: SoftVault + Clone + Send + 'static,
+{
+    let spec = vault.with_state(|s| s.rotation_spec(name))?;
+    let name = name.to_owned();
+    off_executor(vault, move |v| {
+        let m = v.generate(spec)?;
+        v.add_version(&name, m, false)
+    })
+    .await
+}
+
+/// `VaultAdmin::import_rsa_pem`: parsing (with the key's consistency check) and the commit on
+/// the pool.
+pub(crate) async fn import_rsa_pem<V>(
+    vault: &V,
+    name: &str,
+    pem: &str,
+) -> Result<KeyProperties, ProviderError>
+where
+    V: SoftVault + Clone + Send + 'static,
+{
+    let (name, pem) = (name.to_owned(), Zeroizing::new(pem.to_owned()));
+    off_executor(vault, move |v| {
+        let key = RsaPrivate::from_pem(&pem)
+            .map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))?;
+        v.add_version(&name, Material::Rsa(Arc::new(key)), false)
+    })
+    .await
+}
+
+/// Applies an administrative change: on the pool when the vault's commit blocks.
+pub(crate) async fn apply<V>(vault: &V, change: Change) -> Result<(), ProviderError>
+where
+    V: SoftVault + Clone + Send + 'static,
+{
+    if V::COMMIT_BLOCKS {
+        off_executor(vault, move |v| v.apply(change)).await
+    } else {
+        vault.apply(change)
+    }
+}
+
+/// `KeyProvider::unwrap_key`: the access check on the caller's task, an RSA private-key
+/// operation on the pool (milliseconds), an AES unwrap (a microsecond) in place.
+pub(crate) async fn unwrap_key<V>(
+    vault: &V,
+    identity: &Identity,
+    wrapped: &WrappedKey,
+) -> Result<SecretBytes, ProviderError>
+where
+    V: SoftVault,
+{
+    let material = vault.with_state(|s| s.unwrap_material(identity, wrapped))?;
+    // The private-key operation runs without holding any lock.
+    match material {
+        Material::Rsa(_) if !vault.runs_inline() => {
+            let (alg, ct) = (wrapped.algorithm, wrapped.ciphertext.clone());
+            crate::blocking::spawn(move || material.unwrap(alg, &ct)).await
+        }
+        _ => material.unwrap(wrapped.algorithm, &wrapped.ciphertext),
+    }
+}
+
 /// `VaultAdmin` for a software vault type `$vault` (a [`SoftVault`] with a
 /// `provider(&Identity) -> $provider` method) and `KeyProvider` for `$provider` (a struct with
 /// `vault: $vault` and `identity: Identity` fields).
@@ -600,12 +714,7 @@ macro_rules! soft_vault_impls {
                 name: &str,
                 spec: $crate::provider::KeySpec,
             ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                // Refuse a taken name before spending time on generation (checked again when
-                // the change is applied).
-                self.with_state(|s| s.check_free(name))?;
-                let m = self.generate(spec)?;
-                self.add_version(name, m, true)
+                $crate::provider::soft::create_key(self, name, spec).await
             }
 
             async fn import_rsa_pem(
@@ -613,28 +722,14 @@ macro_rules! soft_vault_impls {
                 name: &str,
                 pem: &str,
             ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                let key = $crate::crypto::RsaPrivate::from_pem(pem).map_err(|e| {
-                    $crate::ProviderError::new(
-                        $crate::ProviderErrorKind::InvalidRequest,
-                        e.to_string(),
-                    )
-                })?;
-                self.add_version(
-                    name,
-                    $crate::provider::soft::Material::Rsa(std::sync::Arc::new(key)),
-                    false,
-                )
+                $crate::provider::soft::import_rsa_pem(self, name, pem).await
             }
 
             async fn rotate_key(
                 &self,
                 name: &str,
             ) -> Result<$crate::provider::KeyProperties, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                let spec = self.with_state(|s| s.rotation_spec(name))?;
-                let m = self.generate(spec)?;
-                self.add_version(name, m, false)
+                $crate::provider::soft::rotate_key(self, name).await
             }
 
             async fn list_versions(
@@ -651,35 +746,47 @@ macro_rules! soft_vault_impls {
                 version: &str,
                 enabled: bool,
             ) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::SetEnabled {
-                    name: name.to_owned(),
-                    version: version.to_owned(),
-                    enabled,
-                })
+                $crate::provider::soft::apply(
+                    self,
+                    $crate::provider::soft::Change::SetEnabled {
+                        name: name.to_owned(),
+                        version: version.to_owned(),
+                        enabled,
+                    },
+                )
+                .await
             }
 
             async fn delete_key(&self, name: &str) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::Delete {
-                    name: name.to_owned(),
-                    now: self.now(),
-                })
+                $crate::provider::soft::apply(
+                    self,
+                    $crate::provider::soft::Change::Delete {
+                        name: name.to_owned(),
+                        now: $crate::provider::soft::SoftVault::now(self),
+                    },
+                )
+                .await
             }
 
             async fn recover_key(&self, name: &str) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::Recover {
-                    name: name.to_owned(),
-                })
+                $crate::provider::soft::apply(
+                    self,
+                    $crate::provider::soft::Change::Recover {
+                        name: name.to_owned(),
+                    },
+                )
+                .await
             }
 
             async fn purge_key(&self, name: &str) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::Purge {
-                    name: name.to_owned(),
-                    now: self.now(),
-                })
+                $crate::provider::soft::apply(
+                    self,
+                    $crate::provider::soft::Change::Purge {
+                        name: name.to_owned(),
+                        now: $crate::provider::soft::SoftVault::now(self),
+                    },
+                )
+                .await
             }
 
             async fn set_access(
@@ -687,21 +794,27 @@ macro_rules! soft_vault_impls {
                 identity: &$crate::provider::Identity,
                 permissions: $crate::provider::Permissions,
             ) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::SetAccess {
-                    identity: identity.clone(),
-                    permissions,
-                })
+                $crate::provider::soft::apply(
+                    self,
+                    $crate::provider::soft::Change::SetAccess {
+                        identity: identity.clone(),
+                        permissions,
+                    },
+                )
+                .await
             }
 
             async fn remove_identity(
                 &self,
                 identity: &$crate::provider::Identity,
             ) -> Result<(), $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                self.apply($crate::provider::soft::Change::RemoveIdentity {
-                    identity: identity.clone(),
-                })
+                $crate::provider::soft::apply(
+                    self,
+                    $crate::provider::soft::Change::RemoveIdentity {
+                        identity: identity.clone(),
+                    },
+                )
+                .await
             }
 
             async fn provider_for(
@@ -748,12 +861,7 @@ macro_rules! soft_vault_impls {
                 &self,
                 wrapped: &$crate::provider::WrappedKey,
             ) -> Result<$crate::SecretBytes, $crate::ProviderError> {
-                use $crate::provider::soft::SoftVault as _;
-                let material = self
-                    .vault
-                    .with_state(|s| s.unwrap_material(&self.identity, wrapped))?;
-                // The private-key operation runs without holding any lock.
-                material.unwrap(wrapped.algorithm, &wrapped.ciphertext)
+                $crate::provider::soft::unwrap_key(&self.vault, &self.identity, wrapped).await
             }
         }
     };

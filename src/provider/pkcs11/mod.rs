@@ -8,7 +8,6 @@
 //! soft-delete). RSA unwrap runs on the token (`C_Decrypt` with `CKM_RSA_PKCS_OAEP`) and wrap
 //! uses the public key in software; `A256KW` runs on the token both ways (`CKM_AES_KEY_WRAP`).
 
-mod pool;
 mod token;
 
 use core::fmt;
@@ -24,12 +23,12 @@ use cryptoki::object::{
 };
 use cryptoki::session::Session;
 
-use self::pool::BlockingPool;
 use self::token::{Fail, Token};
 use super::{
     AdminCapabilities, Identity, KeyOperation, KeyProperties, KeyProvider, KeySpec, KeyType,
     Permissions, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
 };
+use crate::blocking::BlockingPool;
 use crate::crypto::{OaepHash, RsaPrivate, RsaPublic};
 use crate::error::{ProviderError, ProviderErrorKind as K};
 use crate::secret::{SecretBytes, SecretString};
@@ -244,7 +243,7 @@ impl Pkcs11Provider {
     /// initialised token has the label; `Unsupported` when the token lacks the mechanisms; `Unavailable` when the module
     /// cannot be loaded or the device fails.
     pub async fn connect(config: Pkcs11Config) -> Result<Self, ProviderError> {
-        let pool = BlockingPool::new(config.threads)?;
+        let pool = BlockingPool::new("PKCS#11", config.threads)?;
         let (module, label, pin, accept) = (
             config.module.clone(),
             config.token_label.clone(),

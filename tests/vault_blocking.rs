@@ -1,0 +1,141 @@
+//! Blocking work in the software vaults runs off the caller's executor: on a current-thread
+//! tokio runtime, a ticker task keeps ticking while an RSA-4096 `create_key` (seconds of key
+//! generation), RSA unwraps (milliseconds each) and a file vault's Argon2id open and fsyncs run.
+//!
+//! Each test measures how long the vault call took and how many 5 ms ticks the ticker got in
+//! that time; if the work ran on the runtime's only thread the ticker would get none.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use byok::{
+    Argon2Params, FileVault, FileVaultOptions, Identity, InMemoryVault, KeyProvider, KeySpec,
+    Permissions, SecretString, VaultAdmin, VaultProperties, WrapAlgorithm,
+};
+
+const TICK: Duration = Duration::from_millis(5);
+
+fn props() -> VaultProperties {
+    VaultProperties::new("blocking.vault.example", "westeurope", "tenant-1")
+}
+
+/// Runs `work` on a current-thread runtime beside a ticker; returns the work's output, how
+/// long it took and how many ticks happened meanwhile.
+fn with_ticker<F: Future>(work: impl FnOnce() -> F) -> (F::Output, Duration, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let t = Arc::clone(&ticks);
+        let ticker = tokio::spawn(async move {
+            let mut iv = tokio::time::interval(TICK);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                iv.tick().await;
+                t.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Let the ticker start.
+        tokio::time::sleep(TICK * 2).await;
+        let before = ticks.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let out = work().await;
+        let took = start.elapsed();
+        let during = ticks.load(Ordering::Relaxed) - before;
+        ticker.abort();
+        (out, took, during)
+    })
+}
+
+/// The ticker got at least a fifth of the ticks that fit into `took`, and at least two (a
+/// blocked runtime gets none: the count is read before the ticker can run again), and the
+/// work was long enough for that to mean something. (Measured on the 2-core CI machine kind
+/// under load: 40–70 % of the ticks.)
+fn assert_ran_beside(what: &str, took: Duration, ticks: u64) {
+    let fit = took.as_millis() as u64 / TICK.as_millis() as u64;
+    println!("{what}: {took:?}, ticker ticked {ticks} times of {fit}");
+    assert!(took >= TICK * 8, "{what} took {took:?}: too short to tell");
+    assert!(
+        ticks * 5 >= fit && ticks >= 2,
+        "{what} starved the runtime: {ticks} ticks in {took:?} (≈ {fit} expected)"
+    );
+}
+
+#[test]
+fn rsa_4096_create_key_leaves_a_current_thread_runtime_running() {
+    let vault = InMemoryVault::new(props());
+    let (r, took, ticks) = with_ticker(|| vault.create_key("big", KeySpec::Rsa(4096)));
+    let key = r.unwrap();
+    assert_eq!(key.key_type, byok::KeyType::Rsa { bits: 4096 });
+    assert_ran_beside("in-memory RSA-4096 create_key", took, ticks);
+}
+
+#[test]
+fn rsa_unwraps_leave_a_current_thread_runtime_running() {
+    let vault = InMemoryVault::new(props());
+    let app = Identity::new("app");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let wrapped = rt.block_on(async {
+        vault.create_key("k", KeySpec::Rsa(4096)).await.unwrap();
+        vault.set_access(&app, Permissions::CMK).await.unwrap();
+        vault
+            .provider(&app)
+            .wrap_key("k", None, WrapAlgorithm::RsaOaep256, &[7; 32])
+            .await
+            .unwrap()
+    });
+    let p = vault.provider(&app);
+    let (r, took, ticks) = with_ticker(|| async {
+        for _ in 0..20 {
+            let k = p.unwrap_key(&wrapped).await?;
+            assert_eq!(k.expose_secret(), &[7; 32]);
+        }
+        Ok::<_, byok::ProviderError>(())
+    });
+    r.unwrap();
+    assert_ran_beside("20 RSA-4096 unwraps", took, ticks);
+}
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vault_blocking");
+    std::fs::create_dir_all(&base).unwrap();
+    base.join(format!("{tag}-{}-{t}", std::process::id()))
+}
+
+#[test]
+fn file_vault_argon2id_fsync_and_rsa_leave_a_current_thread_runtime_running() {
+    // Argon2id with 64 MiB and 3 passes: well over 40 ms on any machine.
+    let options = FileVaultOptions::with_passphrase(SecretString::from("blocking test"))
+        .argon2(Argon2Params::new(64 * 1024, 3, 1));
+    let dir = fresh_dir("file");
+    let (r, took, ticks) = with_ticker(|| FileVault::create_async(&dir, props(), options.clone()));
+    let vault = r.unwrap();
+    assert_ran_beside("file vault create_async (Argon2id)", took, ticks);
+
+    let (r, took, ticks) = with_ticker(|| FileVault::open_async(&dir, options.clone()));
+    r.unwrap();
+    assert_ran_beside("file vault open_async (Argon2id)", took, ticks);
+
+    let (r, took, ticks) = with_ticker(|| async {
+        vault.create_key("big", KeySpec::Rsa(4096)).await?;
+        for i in 0..20 {
+            vault.set_enabled("big", "1", i % 2 == 1).await?;
+        }
+        Ok::<_, byok::ProviderError>(())
+    });
+    r.unwrap();
+    assert_ran_beside("file vault RSA-4096 create_key and 20 changes", took, ticks);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
