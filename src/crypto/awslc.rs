@@ -555,11 +555,18 @@ impl RsaPublic {
     /// RSA-OAEP encryption (empty label for key wrapping), in AWS-LC.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] if the message is too long for the key and hash, or the key is
-    /// under 2048 bits (refused by AWS-LC).
+    /// [`Error::InvalidInput`] if the message is too long for the key and hash, or AWS-LC
+    /// refuses the key (under 2048 or over 8192 bits).
     pub fn encrypt_oaep(&self, hash: OaepHash, pt: &[u8], label: &[u8]) -> Result<Vec<u8>, Error> {
-        let key = self.lc.clone().ok_or_else(undersized)?;
-        let key = OaepPublicEncryptingKey::new(key).map_err(|_| undersized())?;
+        let refused = || {
+            Error::InvalidInput(format!(
+                "the aws-lc backend refuses this {}-bit RSA public key (AWS-LC takes 2048 to \
+                 8192 bits)",
+                self.bits()
+            ))
+        };
+        let key = self.lc.clone().ok_or_else(refused)?;
+        let key = OaepPublicEncryptingKey::new(key).map_err(|_| refused())?;
         let alg = oaep_alg(hash);
         if pt.len() > key.max_plaintext_size(alg) {
             return Err(Error::InvalidInput(format!(
