@@ -87,10 +87,10 @@ impl TryRng for SeededRng {
 impl TryCryptoRng for SeededRng {}
 
 /// Detects a `fork` since its last check (a `pthread_atfork` child handler bumps a counter;
-/// one relaxed atomic load per check). Unlike a `getpid()` comparison it also sees a child that
-/// got its parent's pid. Forks that bypass libc's `fork()` (a raw `clone(2)` without
-/// `CLONE_VM`) run no atfork handler; the process-id check kept beside it covers those in the
-/// same PID namespace.
+/// one relaxed atomic load per check, no system call). Unlike a `getpid()` comparison it also
+/// sees a child that got its parent's pid. A fork that bypasses libc's `fork()` (a raw
+/// `clone(2)` without `CLONE_VM`) runs no atfork handler and is not seen: such a child must
+/// not seal with `PreparedKey`s it inherited.
 pub(crate) type ForkGuard = forkguard::Guard;
 
 /// A fresh [`ForkGuard`].
