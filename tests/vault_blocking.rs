@@ -2,8 +2,9 @@
 //! tokio runtime, a ticker task keeps ticking while an RSA-4096 `create_key` (seconds of key
 //! generation), RSA unwraps (milliseconds each) and a file vault's Argon2id open and fsyncs run.
 //!
-//! Each test measures how long the vault call took and how many 5 ms ticks the ticker got in
-//! that time; if the work ran on the runtime's only thread the ticker would get none.
+//! Each test repeats its vault call for at least `MIN_WORK`, measures how long that took and
+//! how many 5 ms ticks the ticker got in that time; if the work ran on the runtime's only
+//! thread the ticker would get none.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
@@ -18,6 +19,9 @@ use byok::{
 };
 
 const TICK: Duration = Duration::from_millis(5);
+/// How long each workload runs at least (it repeats its operation until then): long enough
+/// for a fair count of ticks however fast the backend is.
+const MIN_WORK: Duration = Duration::from_millis(150);
 
 fn props() -> VaultProperties {
     VaultProperties::new("blocking.vault.example", "westeurope", "tenant-1")
@@ -70,10 +74,20 @@ fn assert_ran_beside(what: &str, took: Duration, ticks: u64) {
 #[test]
 fn rsa_4096_create_key_leaves_a_current_thread_runtime_running() {
     let vault = InMemoryVault::new(props());
-    let (r, took, ticks) = with_ticker(|| vault.create_key("big", KeySpec::Rsa(4096)));
-    let key = r.unwrap();
-    assert_eq!(key.key_type, byok::KeyType::Rsa { bits: 4096 });
-    assert_ran_beside("in-memory RSA-4096 create_key", took, ticks);
+    let (r, took, ticks) = with_ticker(|| async {
+        let start = Instant::now();
+        let mut n = 0;
+        while n == 0 || start.elapsed() < MIN_WORK {
+            let key = vault
+                .create_key(&format!("big{n}"), KeySpec::Rsa(4096))
+                .await?;
+            assert_eq!(key.key_type, byok::KeyType::Rsa { bits: 4096 });
+            n += 1;
+        }
+        Ok::<_, byok::ProviderError>(n)
+    });
+    let n = r.unwrap();
+    assert_ran_beside(&format!("in-memory RSA-4096 create_key x{n}"), took, ticks);
 }
 
 #[test]
@@ -94,14 +108,17 @@ fn rsa_unwraps_leave_a_current_thread_runtime_running() {
     });
     let p = vault.provider(&app);
     let (r, took, ticks) = with_ticker(|| async {
-        for _ in 0..20 {
+        let start = Instant::now();
+        let mut n = 0;
+        while n < 20 || start.elapsed() < MIN_WORK {
             let k = p.unwrap_key(&wrapped).await?;
             assert_eq!(k.expose_secret(), &[7; 32]);
+            n += 1;
         }
-        Ok::<_, byok::ProviderError>(())
+        Ok::<_, byok::ProviderError>(n)
     });
-    r.unwrap();
-    assert_ran_beside("20 RSA-4096 unwraps", took, ticks);
+    let n = r.unwrap();
+    assert_ran_beside(&format!("{n} RSA-4096 unwraps"), took, ticks);
 }
 
 fn fresh_dir(tag: &str) -> PathBuf {
@@ -129,13 +146,20 @@ fn file_vault_argon2id_fsync_and_rsa_leave_a_current_thread_runtime_running() {
     assert_ran_beside("file vault open_async (Argon2id)", took, ticks);
 
     let (r, took, ticks) = with_ticker(|| async {
+        let start = Instant::now();
         vault.create_key("big", KeySpec::Rsa(4096)).await?;
-        for i in 0..20 {
-            vault.set_enabled("big", "1", i % 2 == 1).await?;
+        let mut n = 0;
+        while n < 20 || start.elapsed() < MIN_WORK {
+            vault.set_enabled("big", "1", n % 2 == 1).await?;
+            n += 1;
         }
-        Ok::<_, byok::ProviderError>(())
+        Ok::<_, byok::ProviderError>(n)
     });
-    r.unwrap();
-    assert_ran_beside("file vault RSA-4096 create_key and 20 changes", took, ticks);
+    let n = r.unwrap();
+    assert_ran_beside(
+        &format!("file vault RSA-4096 create_key and {n} changes"),
+        took,
+        ticks,
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
