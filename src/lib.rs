@@ -19,10 +19,12 @@
 //! | `testing` (feature `testing`) | test aids: the provider and store conformance suites, a fault-injecting provider, a manual clock, deterministic vaults |
 //!
 //! The crypto core (`src/crypto/`) is private: every primitive the crate uses is called there
-//! and nowhere else.
+//! and nowhere else. Its backend — RustCrypto by default, aws-lc-rs with the feature `aws-lc` —
+//! is chosen at compile time; [`CRYPTO_BACKEND`] names it.
 
 pub mod account;
 pub mod audit;
+mod blocking;
 pub mod clock;
 mod crypto;
 pub mod envelope;
@@ -37,6 +39,7 @@ pub mod testing;
 mod util;
 
 pub use crate::account::{AccountId, AccountManager, KeySource, Policy};
+pub use crate::crypto::BACKEND as CRYPTO_BACKEND;
 pub use crate::envelope::Envelope;
 pub use crate::error::{Error, PolicyViolation, ProviderError, ProviderErrorKind};
 pub use crate::key_id::{KeyId, KeyIdKind};

@@ -52,8 +52,8 @@ use byok::store::InMemoryAccountStore;
 use byok::testing::ManualClock;
 use byok::{AccountId, AccountManager, Error, KeyId, KeySource, Policy, VaultAdmin};
 use interleave_support::{
-    Event, History, OP, Outcome, PEMS, Rng, Sched, Truth, Wrap, YieldingProvider, YieldingStore,
-    current_op, splitmix64,
+    Event, History, OP, Outcome, PEM_BITS, PEMS, Rng, Sched, Truth, Wrap, YieldingProvider,
+    YieldingStore, current_op, splitmix64,
 };
 
 const HOST: &str = "contoso.vault.example";
@@ -327,7 +327,7 @@ async fn world(p: &Plan) -> World {
     });
     let id = AccountId::new("acct").expect("id");
     let policy = Policy::builder("interleave")
-        .allowed_rsa_bits(&[1024])
+        .allowed_rsa_bits(&[PEM_BITS])
         .cache_max_age(Duration::from_secs(60))
         .build();
     managers[0]

@@ -2,9 +2,24 @@
 //!
 //! Everything above this module (envelope, providers, accounts) uses the small types here —
 //! [`Gcm`], [`Kek`], [`RsaPrivate`], [`RsaPublic`], [`hkdf_sha256`], [`fill_random`] — and never a
-//! RustCrypto crate directly. The implementation lives in one backend module
-//! (`rustcrypto.rs`); a second backend (aws-lc-rs, for speed and constant-time RSA) can be added
-//! behind a feature by providing the same items.
+//! cryptographic crate directly.
+//!
+//! # Backends
+//!
+//! Two backends provide the same items; the choice is made at compile time:
+//!
+//! - `rustcrypto.rs` (the default): RustCrypto's `aes-gcm`, `aes-kw`, `rsa`, `sha2`, `hkdf`,
+//!   with randomness from the OS (`getrandom(2)`). The stack the crate was specified on.
+//! - `awslc.rs` (feature `aws-lc`): aws-lc-rs, i.e. AWS-LC — faster AES-GCM (AVX2/AVX-512
+//!   code paths) and constant-time, blinded RSA-OAEP without the `rsa` crate's open timing
+//!   advisory (RUSTSEC-2023-0071, "Marvin"); randomness from AWS-LC's fork-safe DRBG. It
+//!   refuses RSA keys under 2048 bits, and is not built in FIPS mode (`docs/SECURITY.md`).
+//!
+//! Both read and write the same bytes: objects, wrapped keys and vault files written under one
+//! backend open under the other (`tests/cross_backend.rs`). The 32-byte AES key-wrap fast path
+//! (`kw32.rs`) serves both. The RustCrypto module is compiled (and linted) in both builds,
+//! because the aws-lc backend reuses its PEM parsing, its deterministic key generation for
+//! seeded test vaults and its Argon2id.
 
 mod ct;
 mod kw32;
@@ -12,15 +27,30 @@ mod record;
 mod rng;
 mod rustcrypto;
 
+#[cfg(feature = "aws-lc")]
+mod awslc;
+
+#[cfg(feature = "aws-lc")]
+use awslc as backend;
+#[cfg(not(feature = "aws-lc"))]
+use rustcrypto as backend;
+
+pub use backend::RsaPublic;
+#[allow(unused_imports)] // used by optional providers
+pub(crate) use backend::{
+    Gcm, Kek, RsaPrivate, argon2id, hkdf_sha256, hmac_sha256, sha256, sha256_parts,
+};
 pub(crate) use ct::{ct_eq, ct_eq_32};
 #[cfg_attr(not(unix), allow(unused_imports))] // the file vault is unix-only
 pub(crate) use record::{check_value, checksum, open_record, seal_record};
-pub(crate) use rng::{SeededRng, ThreadRng, fill_random};
-pub(crate) use rustcrypto::RsaPrivate;
-pub use rustcrypto::RsaPublic;
-pub(crate) use rustcrypto::{Gcm, Kek, argon2id, hkdf_sha256, sha256_parts};
-#[allow(unused_imports)] // used by optional providers
-pub(crate) use rustcrypto::{hmac_sha256, sha256};
+pub(crate) use rng::{ForkGuard, OsRng, SeededRng, fill_random, fork_guard, warm_up};
+
+/// The name of the compiled crypto backend: `"aws-lc"` or `"rustcrypto"`.
+pub const BACKEND: &str = if cfg!(feature = "aws-lc") {
+    "aws-lc"
+} else {
+    "rustcrypto"
+};
 
 /// Length of an AES-GCM nonce (96 bits).
 pub(crate) const GCM_NONCE_LEN: usize = 12;

@@ -1,70 +1,41 @@
-//! Randomness: a per-thread ChaCha20 CSPRNG seeded from the operating system.
+//! Randomness: the operating system's CSPRNG (`getrandom(2)`) under the RustCrypto backend,
+//! AWS-LC's fork-safe DRBG under the aws-lc backend.
 //!
-//! Data keys, nonces and salts are drawn from it, so sealing costs no system call for entropy.
-//! The generator reseeds from the OS every `RESEED_BYTES` bytes and whenever the process id
-//! changes: a forked child must never repeat its parent's stream, since that would repeat data
-//! keys and nonces. The pid check is a `getpid` system call per draw (≈0.1 µs here); without
-//! `unsafe` (no `pthread_atfork`, no `MADV_WIPEONFORK`) it is the one fork-safe option, and we
-//! keep it. The envelope draws data keys in batches (`PreparedKey::data_key`), with the same
-//! check on each key it hands out.
+//! This process keeps no generator state of its own, so a forked child cannot repeat its
+//! parent's output — not even when it gets the parent's pid (a child forked into a new PID
+//! namespace is pid 1 like a parent that was pid 1 in its own; an earlier per-thread ChaCha20
+//! that detected fork by comparing `getpid()` repeated keys and nonces there, which
+//! `tests/fork_rng.rs` shows). Callers that want many random bytes draw them in one call (the
+//! envelope draws [`DATA_KEY_BATCH`](crate::envelope) data keys at once); the one buffer of
+//! drawn randomness the crate keeps, the envelope's data-key batch, is discarded after a fork
+//! by a [`ForkGuard`], which unlike a pid comparison catches that case.
+//!
+//! Under aws-lc the first draw in a process costs ≈ 60 ms (AWS-LC seeds its generator); the
+//! crate makes it in [`warm_up`], called when a vault, account manager or prepared key is
+//! built, not on the first request.
 
-use core::cell::RefCell;
 use core::convert::Infallible;
 
 use chacha20::ChaCha20Rng;
 use rand_core::{SeedableRng, TryCryptoRng, TryRng};
 
-const RESEED_BYTES: u64 = 1 << 30;
-
-struct State {
-    rng: ChaCha20Rng,
-    pid: u32,
-    used: u64,
-}
-
-impl State {
-    fn fresh() -> Self {
-        Self {
-            rng: ChaCha20Rng::from_seed(os_seed()),
-            pid: std::process::id(),
-            used: 0,
-        }
-    }
-}
-
-fn os_seed() -> [u8; 32] {
-    let mut seed = [0u8; 32];
-    // The OS RNG failing is unrecoverable for a crypto library: continuing would produce
-    // predictable keys.
-    #[allow(clippy::expect_used)]
-    getrandom::fill(&mut seed).expect("the operating system random number generator failed");
-    seed
-}
-
-thread_local! {
-    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
-}
-
 /// Fills `out` with cryptographically secure random bytes.
 pub(crate) fn fill_random(out: &mut [u8]) {
-    STATE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let state = slot.get_or_insert_with(State::fresh);
-        if state.pid != std::process::id() || state.used > RESEED_BYTES {
-            *state = State::fresh();
-        }
-        state.used += out.len() as u64;
-        match state.rng.try_fill_bytes(out) {
-            Ok(()) => {}
-        }
-    });
+    super::backend::os_random(out);
 }
 
-/// A handle on the thread's CSPRNG usable where RustCrypto wants an RNG (RSA blinding, OAEP).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct ThreadRng;
+/// Makes the process's first random draw now (≈ 60 ms under aws-lc, once per process), so
+/// that it is not paid by the first request.
+pub(crate) fn warm_up() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| fill_random(&mut [0u8; 1]));
+}
 
-impl TryRng for ThreadRng {
+/// The CSPRNG as an RNG for RustCrypto (RSA blinding, OAEP padding, key generation).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OsRng;
+
+impl TryRng for OsRng {
     type Error = Infallible;
 
     fn try_next_u32(&mut self) -> Result<u32, Infallible> {
@@ -85,7 +56,7 @@ impl TryRng for ThreadRng {
     }
 }
 
-impl TryCryptoRng for ThreadRng {}
+impl TryCryptoRng for OsRng {}
 
 /// A deterministic CSPRNG from a fixed seed, for reproducible tests (injected into the
 /// in-memory vault). Never use a fixed seed in production.
@@ -115,3 +86,15 @@ impl TryRng for SeededRng {
 }
 
 impl TryCryptoRng for SeededRng {}
+
+/// Detects a `fork` since its last check (a `pthread_atfork` child handler bumps a counter;
+/// one relaxed atomic load per check, no system call). Unlike a `getpid()` comparison it also
+/// sees a child that got its parent's pid. A fork that bypasses libc's `fork()` (a raw
+/// `clone(2)` without `CLONE_VM`) runs no atfork handler and is not seen: such a child must
+/// not seal with `PreparedKey`s it inherited.
+pub(crate) type ForkGuard = forkguard::Guard;
+
+/// A fresh [`ForkGuard`].
+pub(crate) fn fork_guard() -> ForkGuard {
+    forkguard::new()
+}

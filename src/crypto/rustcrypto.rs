@@ -2,7 +2,10 @@
 
 // The core offers every primitive the format and providers may need (RFC 5649 KWP, 128- and
 // 192-bit KEKs, one-shot GCM), all checked by Wycheproof; not each has a non-test caller yet.
-#![cfg_attr(not(test), allow(dead_code))]
+#![cfg_attr(any(not(test), feature = "aws-lc"), allow(dead_code))]
+// Under the aws-lc backend this module serves `awslc.rs` only (PEM parsing, seeded key
+// generation, Argon2id, 192-bit key wrap), so its public `RsaPublic` is not re-exported.
+#![cfg_attr(feature = "aws-lc", allow(unreachable_pub))]
 
 use core::fmt;
 
@@ -18,9 +21,18 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{GCM_NONCE_LEN, GCM_TAG_LEN, OaepHash, ThreadRng, kw32};
+use super::{GCM_NONCE_LEN, GCM_TAG_LEN, OaepHash, OsRng, kw32};
 use crate::error::Error;
 use crate::secret::{AesKey, SecretBytes};
+
+/// Fills `out` from the operating system's CSPRNG (`getrandom(2)` on Linux): no state in this
+/// process, so nothing a forked child could repeat.
+pub(crate) fn os_random(out: &mut [u8]) {
+    // The OS RNG failing is unrecoverable for a crypto library: continuing would produce
+    // predictable keys.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(out).expect("the operating system random number generator failed");
+}
 
 /// AES-256-GCM with its key schedule computed once.
 pub(crate) struct Gcm(Aes256Gcm);
@@ -302,8 +314,14 @@ pub(crate) struct RsaPrivate(rsa::PrivateKey);
 pub struct RsaPublic(rsa::PublicKey);
 
 impl RsaPrivate {
-    /// Generates a key of `bits` bits (2048, 3072 or 4096 are what vaults offer).
-    pub(crate) fn generate<R: rand_core::TryCryptoRng + ?Sized>(
+    /// Generates a key of `bits` bits (1024, 2048, 3072 or 4096 are what vaults offer) from
+    /// the OS CSPRNG.
+    pub(crate) fn generate(bits: usize) -> Result<Self, Error> {
+        Self::generate_with(&mut OsRng, bits)
+    }
+
+    /// Generates a key of `bits` bits from `rng` (deterministic for a seeded RNG).
+    pub(crate) fn generate_with<R: rand_core::TryCryptoRng + ?Sized>(
         rng: &mut R,
         bits: usize,
     ) -> Result<Self, Error> {
@@ -402,7 +420,7 @@ impl RsaPrivate {
         }
         let c = BoxedUint::from_be_slice(ct, self.0.n_bits_precision())
             .map_err(|_| Error::Decryption)?;
-        let m = rsa::hazmat::rsa_decrypt_and_check(&self.0, Some(&mut ThreadRng), &c)
+        let m = rsa::hazmat::rsa_decrypt_and_check(&self.0, Some(&mut OsRng), &c)
             .map_err(|_| Error::Decryption)?;
         let m = Zeroizing::new(m);
         let bytes = Zeroizing::new(m.to_be_bytes());
@@ -475,6 +493,16 @@ impl RsaPublic {
             .map_err(|_| Error::InvalidInput("not an RSA public key in SPKI DER".into()))
     }
 
+    /// Encodes as SPKI DER.
+    #[cfg_attr(not(feature = "aws-lc"), allow(dead_code))] // the aws-lc backend's input
+    pub(crate) fn to_spki_der(&self) -> Vec<u8> {
+        // Encoding a valid key cannot fail.
+        self.0
+            .to_public_key_der()
+            .map(|d| d.into_vec())
+            .unwrap_or_default()
+    }
+
     /// Encodes as SPKI PEM (`BEGIN PUBLIC KEY`).
     pub fn to_pem(&self) -> String {
         // Encoding a valid key into PEM cannot fail.
@@ -501,7 +529,7 @@ impl RsaPublic {
     /// # Errors
     /// [`Error::InvalidInput`] if the message is too long for the key and hash.
     pub fn encrypt_oaep(&self, hash: OaepHash, pt: &[u8], label: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut rng = ThreadRng;
+        let mut rng = OsRng;
         let r = match (hash, label.is_empty()) {
             (OaepHash::Sha256, true) => self.0.encrypt(&mut rng, Oaep::<Sha256>::new(), pt),
             (OaepHash::Sha256, false) => {

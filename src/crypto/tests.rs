@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use rand_core::TryRng;
 
 use super::{
-    GCM_NONCE_LEN, GCM_TAG_LEN, Gcm, Kek, OaepHash, RsaPrivate, RsaPublic, SeededRng, ThreadRng,
+    GCM_NONCE_LEN, GCM_TAG_LEN, Gcm, Kek, OaepHash, OsRng, RsaPrivate, RsaPublic, SeededRng,
     fill_random, hkdf_sha256, hmac_sha256, sha256,
 };
 use crate::error::Error;
@@ -372,7 +372,7 @@ fn unwrap_rejects_wrong_kek_tampering_and_mode_confusion() {
 /// The one freshly generated 2048-bit key of this test binary (generation is slow).
 fn rsa_key() -> &'static RsaPrivate {
     static KEY: OnceLock<RsaPrivate> = OnceLock::new();
-    KEY.get_or_init(|| RsaPrivate::generate(&mut ThreadRng, 2048).expect("RSA key generation"))
+    KEY.get_or_init(|| RsaPrivate::generate(2048).expect("RSA key generation"))
 }
 
 /// Largest OAEP message for a 2048-bit key: k - 2·hLen - 2.
@@ -880,7 +880,7 @@ fn fill_random_differs_across_threads() {
 
 #[test]
 fn thread_rng_and_seeded_rng() {
-    let mut t = ThreadRng;
+    let mut t = OsRng;
     let a = t.try_next_u64().expect("infallible");
     let b = t.try_next_u64().expect("infallible");
     assert_ne!(a, b);
@@ -893,4 +893,13 @@ fn thread_rng_and_seeded_rng() {
     };
     assert_eq!(draw([1; 32]), draw([1; 32]));
     assert_ne!(draw([1; 32]), draw([2; 32]));
+}
+
+#[test]
+fn a_fork_guard_reports_no_fork_in_the_same_process() {
+    let mut g = super::fork_guard();
+    assert!(!g.detected_fork());
+    // The atfork flavour, not the pid comparison that misses PID-namespace forks.
+    #[cfg(unix)]
+    assert_eq!(g.flavor(), forkguard::Flavor::Atfork);
 }

@@ -8,7 +8,7 @@ use super::soft::{Change, Material, Storage, VaultState};
 use super::soft::{SoftProvider, SoftVault};
 use super::{KeyProperties, KeySpec, VaultProperties};
 use crate::clock::{Clock, SystemClock};
-use crate::crypto::{RsaPrivate, SeededRng, ThreadRng, fill_random};
+use crate::crypto::{RsaPrivate, SeededRng, fill_random};
 use crate::error::ProviderError;
 
 /// The randomness a software vault draws keys from.
@@ -33,8 +33,8 @@ impl VaultRng {
 
     pub(crate) fn generate_rsa(&mut self, bits: usize) -> Result<RsaPrivate, crate::Error> {
         match self {
-            Self::Os => RsaPrivate::generate(&mut ThreadRng, bits),
-            Self::Seeded(r) => RsaPrivate::generate(&mut **r, bits),
+            Self::Os => RsaPrivate::generate(bits),
+            Self::Seeded(r) => RsaPrivate::generate_with(&mut **r, bits),
         }
     }
 }
@@ -44,6 +44,9 @@ impl VaultRng {
 pub struct MemoryStorage {
     state: RwLock<VaultState>,
     rng: Mutex<VaultRng>,
+    /// Made with a fixed seed: a deterministic test vault, which runs key generation and RSA
+    /// operations on the caller's task.
+    seeded: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -94,6 +97,10 @@ impl InMemoryVault {
     /// An empty vault with an injected clock (retention periods) and a fixed RNG seed (key
     /// generation), so tests are deterministic (feature `testing`). Never use a fixed seed in
     /// production: every key it generates is predictable.
+    ///
+    /// Such a vault also runs key generation and RSA private-key operations on the caller's
+    /// task, not on the crate's blocking pool, so that a seeded test schedule replays exactly
+    /// (a vault from [`new`](Self::new) keeps them off the caller's executor).
     #[cfg(any(test, feature = "testing"))]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn seeded(props: VaultProperties, clock: Arc<dyn Clock>, seed: [u8; 32]) -> Self {
@@ -105,9 +112,11 @@ impl InMemoryVault {
     }
 
     fn with_parts(props: VaultProperties, clock: Arc<dyn Clock>, rng: VaultRng) -> Self {
+        crate::crypto::warm_up();
         Self {
             inner: Arc::new(MemoryStorage {
                 state: RwLock::new(VaultState::new(props)),
+                seeded: matches!(rng, VaultRng::Seeded(_)),
                 rng: Mutex::new(rng),
                 clock,
             }),
@@ -126,6 +135,12 @@ impl InMemoryVault {
 impl Storage for MemoryStorage {}
 
 impl Backend for MemoryStorage {
+    const COMMIT_BLOCKS: bool = false;
+
+    fn runs_inline(vault: &InMemoryVault) -> bool {
+        vault.inner.seeded
+    }
+
     fn with_state<T>(
         vault: &InMemoryVault,
         f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,

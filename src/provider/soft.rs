@@ -622,6 +622,16 @@ pub(crate) mod sealed {
     /// How a storage reads the current state and commits a change: the in-memory and file
     /// vaults differ only here.
     pub(crate) trait Backend: Sized {
+        /// Whether [`commit`](Self::commit) blocks (file I/O and fsync): then changes run on
+        /// the crate's blocking pool; otherwise on the caller's task (a lock and a map update).
+        const COMMIT_BLOCKS: bool;
+
+        /// Whether blocking work runs on the caller's task anyway: a deterministic test vault
+        /// (fixed RNG seed), whose schedules must replay exactly, without thread hops.
+        fn runs_inline(_vault: &SoftVault<Self>) -> bool {
+            false
+        }
+
         /// Runs `f` on the current state (reloaded first where another process may have
         /// changed it).
         fn with_state<T>(
@@ -657,6 +667,29 @@ impl<S> SoftVault<S> {
 struct Ops<'a, S>(&'a SoftVault<S>);
 
 impl<S: Storage> Ops<'_, S> {
+    /// Runs `f` on the crate's blocking pool ([`crate::blocking::spawn`]), off the caller's
+    /// executor — or in place for a vault that [runs inline](sealed::Backend::runs_inline).
+    async fn off_executor<T, F>(&self, f: F) -> Result<T, ProviderError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Ops<'_, S>) -> Result<T, ProviderError> + Send + 'static,
+    {
+        if S::runs_inline(self.0) {
+            return f(Ops(self.0));
+        }
+        let vault = self.0.clone();
+        crate::blocking::spawn(move || f(Ops(&vault))).await
+    }
+
+    /// Applies an administrative change: on the pool when the storage's commit blocks.
+    async fn apply_change(&self, change: Change) -> Result<(), ProviderError> {
+        if S::COMMIT_BLOCKS {
+            self.off_executor(move |ops| ops.apply(change)).await
+        } else {
+            self.apply(change)
+        }
+    }
+
     fn with_state<T>(
         &self,
         f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,
@@ -708,22 +741,39 @@ where
 
     async fn create_key(&self, name: &str, spec: KeySpec) -> Result<KeyProperties, ProviderError> {
         // Refuse a taken name before spending time on generation (checked again when the
-        // change is applied).
+        // change is applied). Generation (RSA 4096 takes seconds) and the commit run on the
+        // blocking pool.
         Ops(self).with_state(|s| s.check_free(name))?;
-        let m = Ops(self).generate(spec)?;
-        Ops(self).add_version(name, m, true)
+        let name = name.to_owned();
+        Ops(self)
+            .off_executor(move |ops| {
+                let m = ops.generate(spec)?;
+                ops.add_version(&name, m, true)
+            })
+            .await
     }
 
     async fn import_rsa_pem(&self, name: &str, pem: &str) -> Result<KeyProperties, ProviderError> {
-        let key = RsaPrivate::from_pem(pem)
-            .map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))?;
-        Ops(self).add_version(name, Material::Rsa(Arc::new(key)), false)
+        // Parsing (with the key's consistency check) and the commit on the pool.
+        let (name, pem) = (name.to_owned(), Zeroizing::new(pem.to_owned()));
+        Ops(self)
+            .off_executor(move |ops| {
+                let key = RsaPrivate::from_pem(&pem)
+                    .map_err(|e| ProviderError::new(K::InvalidRequest, e.to_string()))?;
+                ops.add_version(&name, Material::Rsa(Arc::new(key)), false)
+            })
+            .await
     }
 
     async fn rotate_key(&self, name: &str) -> Result<KeyProperties, ProviderError> {
         let spec = Ops(self).with_state(|s| s.rotation_spec(name))?;
-        let m = Ops(self).generate(spec)?;
-        Ops(self).add_version(name, m, false)
+        let name = name.to_owned();
+        Ops(self)
+            .off_executor(move |ops| {
+                let m = ops.generate(spec)?;
+                ops.add_version(&name, m, false)
+            })
+            .await
     }
 
     async fn list_versions(&self, name: &str) -> Result<Vec<KeyProperties>, ProviderError> {
@@ -736,31 +786,39 @@ where
         version: &str,
         enabled: bool,
     ) -> Result<(), ProviderError> {
-        Ops(self).apply(Change::SetEnabled {
-            name: name.to_owned(),
-            version: version.to_owned(),
-            enabled,
-        })
+        Ops(self)
+            .apply_change(Change::SetEnabled {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                enabled,
+            })
+            .await
     }
 
     async fn delete_key(&self, name: &str) -> Result<(), ProviderError> {
-        Ops(self).apply(Change::Delete {
-            name: name.to_owned(),
-            now: Ops(self).now(),
-        })
+        Ops(self)
+            .apply_change(Change::Delete {
+                name: name.to_owned(),
+                now: Ops(self).now(),
+            })
+            .await
     }
 
     async fn recover_key(&self, name: &str) -> Result<(), ProviderError> {
-        Ops(self).apply(Change::Recover {
-            name: name.to_owned(),
-        })
+        Ops(self)
+            .apply_change(Change::Recover {
+                name: name.to_owned(),
+            })
+            .await
     }
 
     async fn purge_key(&self, name: &str) -> Result<(), ProviderError> {
-        Ops(self).apply(Change::Purge {
-            name: name.to_owned(),
-            now: Ops(self).now(),
-        })
+        Ops(self)
+            .apply_change(Change::Purge {
+                name: name.to_owned(),
+                now: Ops(self).now(),
+            })
+            .await
     }
 
     async fn set_access(
@@ -768,16 +826,20 @@ where
         identity: &Identity,
         permissions: Permissions,
     ) -> Result<(), ProviderError> {
-        Ops(self).apply(Change::SetAccess {
-            identity: identity.clone(),
-            permissions,
-        })
+        Ops(self)
+            .apply_change(Change::SetAccess {
+                identity: identity.clone(),
+                permissions,
+            })
+            .await
     }
 
     async fn remove_identity(&self, identity: &Identity) -> Result<(), ProviderError> {
-        Ops(self).apply(Change::RemoveIdentity {
-            identity: identity.clone(),
-        })
+        Ops(self)
+            .apply_change(Change::RemoveIdentity {
+                identity: identity.clone(),
+            })
+            .await
     }
 }
 
@@ -824,7 +886,14 @@ where
     async fn unwrap_key(&self, wrapped: &WrappedKey) -> Result<SecretBytes, ProviderError> {
         let material =
             Ops(&self.vault).with_state(|s| s.unwrap_material(&self.identity, wrapped))?;
-        // The private-key operation runs without holding any lock.
-        material.unwrap(wrapped.algorithm, &wrapped.ciphertext)
+        // The private-key operation runs without holding any lock: an RSA one (milliseconds)
+        // on the blocking pool, an AES unwrap (a microsecond) in place.
+        match material {
+            Material::Rsa(_) if !S::runs_inline(&self.vault) => {
+                let (alg, ct) = (wrapped.algorithm, wrapped.ciphertext.clone());
+                crate::blocking::spawn(move || material.unwrap(alg, &ct)).await
+            }
+            _ => material.unwrap(wrapped.algorithm, &wrapped.ciphertext),
+        }
     }
 }

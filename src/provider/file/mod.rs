@@ -17,9 +17,11 @@
 //!   [`ProviderErrorKind::Corrupted`](crate::ProviderErrorKind::Corrupted) error naming the
 //!   file.
 //!
-//! Calls do blocking file I/O (an fsync per change, a `stat` per read). They are short, so
-//! they run on the caller's task like the in-memory vault's RSA operations; a service that
-//! rotates keys at high rates should call the admin surface from a blocking pool.
+//! Changes (an fsync or more each), key generation and RSA private-key operations run on the
+//! crate's blocking pool, off the caller's executor; reads (a `stat`, and a re-read when
+//! another handle changed the state) stay on the caller's task. Opening and creating derive
+//! the master key with Argon2id (hundreds of milliseconds): [`FileVault::open_async`] and
+//! [`FileVault::create_async`] run that on the pool too.
 
 mod format;
 mod fsio;
@@ -460,6 +462,7 @@ impl FileVault {
         props: VaultProperties,
         options: &FileVaultOptions,
     ) -> Result<Self, ProviderError> {
+        crate::crypto::warm_up();
         let dir = dir.as_ref();
         let kdf = match &options.secret {
             MasterSecret::Passphrase(p) => {
@@ -562,6 +565,7 @@ impl FileVault {
     /// format version; `InvalidRequest` for an unreadable key file; `Unavailable` for I/O
     /// errors.
     pub fn open(dir: impl AsRef<Path>, options: &FileVaultOptions) -> Result<Self, ProviderError> {
+        crate::crypto::warm_up();
         let dir = dir.as_ref();
         let meta_path = dir.join(META_FILE);
         check_layout(dir)?;
@@ -633,6 +637,33 @@ impl FileVault {
         Ok(Self {
             inner: Arc::new(partial),
         })
+    }
+
+    /// [`create`](Self::create) on the crate's blocking pool: Argon2id and the fsyncs run off
+    /// the caller's executor (runtime-agnostic: no runtime is needed to poll the future).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    pub async fn create_async(
+        dir: impl Into<PathBuf>,
+        props: VaultProperties,
+        options: FileVaultOptions,
+    ) -> Result<Self, ProviderError> {
+        let dir = dir.into();
+        crate::blocking::spawn(move || Self::create(&dir, props, &options)).await
+    }
+
+    /// [`open`](Self::open) on the crate's blocking pool: Argon2id runs off the caller's
+    /// executor.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub async fn open_async(
+        dir: impl Into<PathBuf>,
+        options: FileVaultOptions,
+    ) -> Result<Self, ProviderError> {
+        let dir = dir.into();
+        crate::blocking::spawn(move || Self::open(&dir, &options)).await
     }
 
     /// The vault's directory.
@@ -903,6 +934,8 @@ impl FileVault {
 impl Storage for FileStorage {}
 
 impl Backend for FileStorage {
+    const COMMIT_BLOCKS: bool = true;
+
     fn with_state<T>(
         vault: &FileVault,
         f: impl FnOnce(&VaultState) -> Result<T, ProviderError>,

@@ -16,11 +16,10 @@
 //! | `wrapping.rs` | RSA-OAEP and AES key wrap on the token |
 //! | `templates.rs` | key generation and import templates |
 //! | `admin.rs` | [`VaultAdmin`] and the provider per identity |
-//! | `token.rs`, `pool.rs` | sessions, login, error mapping; the blocking pool |
+//! | `token.rs` | sessions, login, error mapping (the calls run on the crate's blocking pool, `src/blocking.rs`) |
 
 mod admin;
 mod config;
-mod pool;
 mod templates;
 mod token;
 mod versions;
@@ -39,12 +38,12 @@ use cryptoki::object::{
 };
 use cryptoki::session::Session;
 
-use self::pool::BlockingPool;
 use self::token::{Fail, Token};
 use super::{
     AdminCapabilities, Identity, KeyOperation, KeyProperties, KeyProvider, KeySpec, KeyType,
     Permissions, VaultAdmin, VaultProperties, WrapAlgorithm, WrappedKey,
 };
+use crate::blocking::BlockingPool;
 use crate::crypto::{OaepHash, RsaPrivate, RsaPublic};
 use crate::error::{ProviderError, ProviderErrorKind as K};
 use crate::secret::{SecretBytes, SecretString};
@@ -96,7 +95,7 @@ impl Pkcs11Provider {
     /// initialised token has the label; `Unsupported` when the token lacks the mechanisms; `Unavailable` when the module
     /// cannot be loaded or the device fails.
     pub async fn connect(config: Pkcs11Config) -> Result<Self, ProviderError> {
-        let pool = BlockingPool::new(config.threads)?;
+        let pool = BlockingPool::new("PKCS#11", config.threads)?;
         let (module, label, pin, accept) = (
             config.module.clone(),
             config.token_label.clone(),
