@@ -31,7 +31,7 @@ pub enum Error {
     /// of the service's configuration or of its KMS, never reported as the tenant's 403. HTTP
     /// 503 when the provider error is transient, 500 otherwise. The provider error is the
     /// [`source`](std::error::Error::source).
-    #[error("platform key: {0}")]
+    #[error("the service's platform key failed")]
     PlatformKey(#[source] ProviderError),
 
     /// A caller-supplied value is malformed or out of range.
@@ -237,10 +237,11 @@ impl Error {
         }
     }
 
-    /// The provider error kind, if this error came from a provider.
+    /// The provider error kind, if this error came from a provider (the tenant's,
+    /// [`Error::Provider`], or the service's own, [`Error::PlatformKey`]).
     pub fn provider_kind(&self) -> Option<ProviderErrorKind> {
         match self {
-            Error::Provider(p) => Some(p.kind),
+            Error::Provider(p) | Error::PlatformKey(p) => Some(p.kind),
             _ => None,
         }
     }

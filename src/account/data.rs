@@ -257,7 +257,8 @@ impl AccountManager {
     /// # Errors
     /// [`Error::KeyInaccessible`] (403) after revocation was observed;
     /// [`Error::Unavailable`] (503) when the provider is unreachable and no cached key is
-    /// valid; [`Error::AccountNotFound`] (404).
+    /// valid; [`Error::AccountNotFound`] (404); [`Error::PlatformKey`] (500) when a class
+    /// under the service's own key cannot be unwrapped.
     pub async fn encrypt(
         &self,
         id: &AccountId,

@@ -26,7 +26,9 @@ impl AccountManager {
     ///
     /// # Errors
     /// [`Error::Conflict`] if the id exists; [`Error::Policy`] when the customer key or its
-    /// vault breaks the policy (nothing is stored); provider errors as they come.
+    /// vault breaks the policy (nothing is stored); [`Error::PlatformKey`] (500, 503 when
+    /// transient) when the service's own platform or infrastructure key fails; the tenant
+    /// provider's errors as they come.
     pub async fn create_account(&self, spec: NewAccount) -> Result<AccountRecord, Error> {
         let policy = &spec.policy;
         if self.inner.store.get(&spec.id).await?.is_some() {

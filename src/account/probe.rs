@@ -71,7 +71,7 @@ impl AccountManager {
     /// # Errors
     /// [`Error::AccountNotFound`]; [`Error::KeyInaccessible`] (also when a newer observation
     /// than this probe says so); [`Error::Unavailable`] for a transient failure;
-    /// [`Error::Store`]; provider errors for the platform key.
+    /// [`Error::Store`]; [`Error::PlatformKey`] for a failure of the service's own key.
     pub async fn probe(&self, id: &AccountId) -> Result<StateKind, Error> {
         let cell = self.fresh_cell(id).await?;
         let mut retried = false;

@@ -102,8 +102,9 @@ pub enum AccountState {
         /// What was observed, for people (the provider's message).
         reason: String,
         /// The kind of the definitive provider failure observed; `None` in records written
-        /// before the kind was recorded.
-        #[serde(default)]
+        /// before the kind was recorded, or naming a kind this version does not know (written
+        /// by a newer replica during a rolling upgrade: the record still loads).
+        #[serde(default, deserialize_with = "lenient_kind")]
         kind: Option<crate::error::ProviderErrorKind>,
         /// Since when.
         since: SystemTime,
@@ -317,6 +318,20 @@ pub struct AccountRecord {
     pub last_probed: Option<SystemTime>,
 }
 
+/// Reads an optional provider error kind, taking one this version does not know as `None`.
+fn lenient_kind<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::error::ProviderErrorKind>, D::Error> {
+    use serde::de::IntoDeserializer;
+    // A kind is stored by its variant name.
+    let name = Option::<String>::deserialize(d)?;
+    Ok(name.and_then(|n| {
+        let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            n.as_str().into_deserializer();
+        crate::error::ProviderErrorKind::deserialize(d).ok()
+    }))
+}
+
 /// Reads [`AccountRecord::format`], refusing formats this crate cannot read.
 fn known_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let format = u32::deserialize(d)?;
@@ -344,6 +359,7 @@ impl AccountRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ProviderErrorKind;
 
     /// Issue 17: `RECORD_FORMAT` is checked when a record is loaded. A record written by a newer
     /// crate (or a corrupt format 0) is refused, formats 1 and 2 load.
@@ -379,5 +395,31 @@ mod tests {
                 assert!(e.to_string().contains("newer version of byok"), "{e}");
             }
         }
+    }
+
+    /// A state written by a newer replica, naming a provider error kind this version does not
+    /// know, still loads (rolling upgrades); a known kind round-trips.
+    #[test]
+    fn unknown_error_kinds_in_a_stored_state_load_as_none() {
+        let state = |kind: &str| {
+            format!(
+                r#"{{"KeyInaccessible":{{"reason":"r","kind":{kind},"since":{{"secs_since_epoch":1,"nanos_since_epoch":0}}}}}}"#
+            )
+        };
+        let load = |kind: &str| match serde_json::from_str::<AccountState>(&state(kind)) {
+            Ok(AccountState::KeyInaccessible { kind, .. }) => kind,
+            other => panic!("{kind}: {other:?}"),
+        };
+        assert_eq!(
+            load(r#""KeyDisabled""#),
+            Some(ProviderErrorKind::KeyDisabled)
+        );
+        assert_eq!(load(r#""QuantumDecoherence""#), None);
+        assert_eq!(load("null"), None);
+        let old = r#"{"KeyInaccessible":{"reason":"r","since":{"secs_since_epoch":1,"nanos_since_epoch":0}}}"#;
+        assert!(matches!(
+            serde_json::from_str::<AccountState>(old),
+            Ok(AccountState::KeyInaccessible { kind: None, .. })
+        ));
     }
 }

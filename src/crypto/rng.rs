@@ -67,6 +67,23 @@ impl SeededRng {
     pub(crate) fn new(seed: [u8; 32]) -> Self {
         Self(ChaCha20Rng::from_seed(seed))
     }
+
+    /// Fills `out` from the seeded stream (callers outside the crypto core need no
+    /// `rand_core` trait for this).
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+    pub(crate) fn fill(&mut self, out: &mut [u8]) {
+        match self.0.try_fill_bytes(out) {
+            Ok(()) => {}
+        }
+    }
+
+    /// The next 64 bits of the seeded stream.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        match self.0.try_next_u64() {
+            Ok(x) => x,
+        }
+    }
 }
 
 impl TryRng for SeededRng {

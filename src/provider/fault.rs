@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rand_core::TryRng;
 
 use super::{KeyProperties, KeyProvider, VaultProperties, WrapAlgorithm, WrappedKey};
 use crate::crypto::SeededRng;
@@ -153,7 +152,7 @@ impl FaultInjector {
                 f.fail_next -= 1;
                 Some(f.fail_next_kind)
             } else if f.rate > 0.0 {
-                let Ok(x) = f.rng.try_next_u64();
+                let x = f.rng.next_u64();
                 ((x >> 11) as f64 / (1u64 << 53) as f64 <= f.rate).then_some(f.rate_kind)
             } else {
                 None

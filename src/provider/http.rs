@@ -71,10 +71,8 @@ pub(crate) async fn read_bounded(
     ));
     while let Some(chunk) = resp.chunk().await? {
         let room = MAX_BODY - buf.len();
-        if chunk.len() > room {
-            buf.extend_from_slice(&chunk[..room]);
-            return Ok((core::mem::take(&mut *buf), true));
-        }
+        let cut = chunk.len() > room;
+        let chunk = &chunk[..chunk.len().min(room)];
         if buf.len() + chunk.len() > buf.capacity() {
             // Grow into a fresh buffer and wipe the old one (dropped as `Zeroizing`).
             let mut bigger = Vec::with_capacity(
@@ -85,7 +83,10 @@ pub(crate) async fn read_bounded(
             bigger.extend_from_slice(&buf);
             buf = zeroize::Zeroizing::new(bigger);
         }
-        buf.extend_from_slice(&chunk);
+        buf.extend_from_slice(chunk);
+        if cut {
+            return Ok((core::mem::take(&mut *buf), true));
+        }
     }
     Ok((core::mem::take(&mut *buf), false))
 }

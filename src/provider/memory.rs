@@ -22,12 +22,7 @@ impl VaultRng {
     pub(crate) fn fill(&mut self, out: &mut [u8]) {
         match self {
             Self::Os => fill_random(out),
-            Self::Seeded(r) => {
-                use rand_core::TryRng;
-                match r.try_fill_bytes(out) {
-                    Ok(()) => {}
-                }
-            }
+            Self::Seeded(r) => r.fill(out),
         }
     }
 

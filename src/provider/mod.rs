@@ -531,7 +531,7 @@ pub trait ProviderFactory: Send + Sync + fmt::Debug {
 /// Vault administration: what the vault's owner does (create, rotate, disable, delete,
 /// recover, purge, grant). Implemented by the bundled providers so that tests and examples can
 /// play the vault owner; a service in production usually has no such access. Every admin
-/// handle is also a [`ProviderFactory`].
+/// handle is also a [`ProviderFactory`] (import that trait too to call `provider_for`).
 #[async_trait]
 pub trait VaultAdmin: ProviderFactory {
     /// What this backend supports.

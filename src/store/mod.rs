@@ -1,6 +1,6 @@
 //! Where account records live: the [`AccountStore`] interface (optimistic concurrency, change
 //! hints between replicas), the in-memory store, and the database-backed stores —
-//! [`PostgresAccountStore`] (feature `postgres`) and [`SqliteAccountStore`] (feature `sqlite`).
+//! `PostgresAccountStore` (feature `postgres`) and `SqliteAccountStore` (feature `sqlite`).
 //! See `docs/STORES.md`; the conformance suite for your own store is
 //! `byok::testing::store_conformance`.
 //!

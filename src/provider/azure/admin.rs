@@ -85,7 +85,7 @@ impl AzureKeyVaultAdmin {
     ) -> Result<KeyProperties, ProviderError> {
         let key = self
             .conn
-            .call(&format!("create key {name}"), Op::Key, || async {
+            .call_once(&format!("create key {name}"), Op::Key, || async {
                 self.conn
                     .client
                     .create_key(name, RequestContent::try_from(p.clone())?, None)
@@ -199,7 +199,7 @@ impl VaultAdmin for AzureKeyVaultAdmin {
         }
         let k = self
             .conn
-            .call(&format!("import key {name}"), Op::Key, || async {
+            .call_once(&format!("import key {name}"), Op::Key, || async {
                 let content: RequestContent<ImportKeyParameters> =
                     azure_core::Bytes::copy_from_slice(&body).into();
                 self.conn

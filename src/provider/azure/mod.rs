@@ -508,8 +508,32 @@ impl Connection {
         F: Fn() -> Fut,
         Fut: Future<Output = azure_core::Result<T>>,
     {
+        self.call_retrying(true, what, op, f).await
+    }
+
+    /// Runs `f` once: for calls that are not idempotent (a create or import after a timeout
+    /// may have added a version already).
+    async fn call_once<T, F, Fut>(&self, what: &str, op: Op, f: F) -> Result<T, ProviderError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = azure_core::Result<T>>,
+    {
+        self.call_retrying(false, what, op, f).await
+    }
+
+    async fn call_retrying<T, F, Fut>(
+        &self,
+        retry: bool,
+        what: &str,
+        op: Op,
+        f: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = azure_core::Result<T>>,
+    {
         self.retry
-            .run(true, || async {
+            .run(retry, || async {
                 f().await.map_err(|e| {
                     let (failure, retry_after) = classify(what, op, &e);
                     (failure.with_source(e), retry_after)
