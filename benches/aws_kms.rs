@@ -5,20 +5,17 @@
 //!
 //! `cargo bench --features aws-kms --bench aws_kms`
 
-use std::hint::black_box;
-
 use byok::provider::ProviderFactory;
 use byok::provider::aws::aws_credential_types::Credentials;
 use byok::provider::aws::{AwsKmsAdmin, AwsKmsConfig};
-use byok::provider::memory::InMemoryVault;
-use byok::provider::{Identity, KeySpec, Permissions, VaultProperties, WrapAlgorithm};
+use byok::provider::{Identity, KeySpec, WrapAlgorithm};
 use byok::{KeyProvider, VaultAdmin};
-use criterion::{Criterion, Throughput};
 
 #[path = "../tests/aws_support/mod.rs"]
 mod aws_support;
 
-const SECRET: [u8; 32] = [0x42; 32];
+#[path = "common/unwrap_vs_memory.rs"]
+mod unwrap_vs_memory;
 
 fn main() {
     let server = aws_support::shared();
@@ -47,45 +44,15 @@ fn main() {
             .await
             .expect("provider");
         let w = p
-            .wrap_key(&name, None, WrapAlgorithm::RsaOaep256, &SECRET)
+            .wrap_key(
+                &name,
+                None,
+                WrapAlgorithm::RsaOaep256,
+                &unwrap_vs_memory::SECRET,
+            )
             .await
             .expect("wrap");
         (p, w)
     });
-    let (memory, memory_blob) = rt.block_on(async {
-        let vault = InMemoryVault::new(VaultProperties::new("bench.vault.example", "r", "t"));
-        vault
-            .create_key("bench-rsa2048", KeySpec::Rsa(2048))
-            .await
-            .expect("create");
-        let app = Identity::new("bench-app");
-        vault
-            .set_access(&app, Permissions::CMK)
-            .await
-            .expect("access");
-        let p = vault.provider_for(&app).await.expect("provider");
-        let w = p
-            .wrap_key("bench-rsa2048", None, WrapAlgorithm::RsaOaep256, &SECRET)
-            .await
-            .expect("wrap");
-        (p, w)
-    });
-
-    let mut c = Criterion::default().configure_from_args();
-    let mut g = c.benchmark_group("unwrap_rsa2048");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("in_memory_vault", |b| {
-        b.iter(|| {
-            rt.block_on(memory.unwrap_key(black_box(&memory_blob)))
-                .expect("unwrap")
-        })
-    });
-    g.bench_function("aws_kms_localstack_loopback", |b| {
-        b.iter(|| {
-            rt.block_on(aws.unwrap_key(black_box(&aws_blob)))
-                .expect("unwrap")
-        })
-    });
-    g.finish();
-    c.final_summary();
+    unwrap_vs_memory::run(&rt, "aws_kms_localstack_loopback", aws.as_ref(), &aws_blob);
 }

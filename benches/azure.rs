@@ -5,19 +5,15 @@
 //!
 //! `cargo bench --features azure,testing --bench azure`
 
-use std::hint::black_box;
-
-use byok::provider::ProviderFactory;
+use byok::provider::KeySpec;
 use byok::provider::azure::{AzureCredential, AzureKeyVaultAdmin, AzureKeyVaultConfig};
-use byok::provider::memory::InMemoryVault;
-use byok::provider::{Identity, KeySpec, Permissions, VaultProperties, WrapAlgorithm};
-use byok::{KeyProvider, SecretString, VaultAdmin};
-use criterion::{Criterion, Throughput};
+use byok::{SecretString, VaultAdmin};
 
 #[path = "../tests/azure_support/mod.rs"]
 mod azure_support;
 
-const SECRET: [u8; 32] = [0x42; 32];
+#[path = "common/unwrap_vs_memory.rs"]
+mod unwrap_vs_memory;
 
 fn main() {
     let server = azure_support::ContractServer::start();
@@ -44,51 +40,18 @@ fn main() {
         .resolve(azure_support::LOGIN_HOST, server.addr);
         let admin = AzureKeyVaultAdmin::new(config).expect("admin");
         admin
-            .create_key("bench-rsa2048", KeySpec::Rsa(2048))
+            .create_key(unwrap_vs_memory::KEY, KeySpec::Rsa(2048))
             .await
             .expect("create");
         let p = admin.owner_provider().expect("provider");
-        let w = p
-            .wrap_key("bench-rsa2048", None, WrapAlgorithm::RsaOaep256, &SECRET)
-            .await
-            .expect("wrap");
+        let w = unwrap_vs_memory::wrap_secret(&p).await;
         (p, w)
     });
-    let (memory, memory_blob) = rt.block_on(async {
-        let vault = InMemoryVault::new(VaultProperties::new("bench.vault.example", "r", "t"));
-        vault
-            .create_key("bench-rsa2048", KeySpec::Rsa(2048))
-            .await
-            .expect("create");
-        let app = Identity::new("bench-app");
-        vault
-            .set_access(&app, Permissions::CMK)
-            .await
-            .expect("access");
-        let p = vault.provider_for(&app).await.expect("provider");
-        let w = p
-            .wrap_key("bench-rsa2048", None, WrapAlgorithm::RsaOaep256, &SECRET)
-            .await
-            .expect("wrap");
-        (p, w)
-    });
-
-    let mut c = Criterion::default().configure_from_args();
-    let mut g = c.benchmark_group("unwrap_rsa2048");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("in_memory_vault", |b| {
-        b.iter(|| {
-            rt.block_on(memory.unwrap_key(black_box(&memory_blob)))
-                .expect("unwrap")
-        })
-    });
-    g.bench_function("azure_key_vault_contract_server_loopback", |b| {
-        b.iter(|| {
-            rt.block_on(azure.unwrap_key(black_box(&azure_blob)))
-                .expect("unwrap")
-        })
-    });
-    g.finish();
-    c.final_summary();
+    unwrap_vs_memory::run(
+        &rt,
+        "azure_key_vault_contract_server_loopback",
+        &azure,
+        &azure_blob,
+    );
     drop(server);
 }

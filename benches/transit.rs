@@ -4,19 +4,16 @@
 //!
 //! `cargo bench --features transit --bench transit`
 
-use std::hint::black_box;
-
 use byok::provider::ProviderFactory;
-use byok::provider::memory::InMemoryVault;
 use byok::provider::transit::{TransitAdmin, TransitConfig};
-use byok::provider::{Identity, KeySpec, Permissions, VaultProperties, WrapAlgorithm};
-use byok::{KeyProvider, SecretString, VaultAdmin};
-use criterion::{Criterion, Throughput};
+use byok::provider::{Identity, KeySpec, Permissions};
+use byok::{SecretString, VaultAdmin};
 
 #[path = "../tests/transit_support/mod.rs"]
 mod transit_support;
 
-const SECRET: [u8; 32] = [0x42; 32];
+#[path = "common/unwrap_vs_memory.rs"]
+mod unwrap_vs_memory;
 
 fn main() {
     let server = transit_support::Server::start("bench", false);
@@ -33,7 +30,7 @@ fn main() {
         )
         .expect("admin");
         admin
-            .create_key("bench-rsa2048", KeySpec::Rsa(2048))
+            .create_key(unwrap_vs_memory::KEY, KeySpec::Rsa(2048))
             .await
             .expect("create");
         let app = Identity::new("bench-app");
@@ -42,47 +39,14 @@ fn main() {
             .await
             .expect("access");
         let p = admin.provider_for(&app).await.expect("provider");
-        let w = p
-            .wrap_key("bench-rsa2048", None, WrapAlgorithm::RsaOaep256, &SECRET)
-            .await
-            .expect("wrap");
+        let w = unwrap_vs_memory::wrap_secret(p.as_ref()).await;
         (p, w)
     });
-    let (memory, memory_blob) = rt.block_on(async {
-        let vault = InMemoryVault::new(VaultProperties::new("bench.vault.example", "r", "t"));
-        vault
-            .create_key("bench-rsa2048", KeySpec::Rsa(2048))
-            .await
-            .expect("create");
-        let app = Identity::new("bench-app");
-        vault
-            .set_access(&app, Permissions::CMK)
-            .await
-            .expect("access");
-        let p = vault.provider_for(&app).await.expect("provider");
-        let w = p
-            .wrap_key("bench-rsa2048", None, WrapAlgorithm::RsaOaep256, &SECRET)
-            .await
-            .expect("wrap");
-        (p, w)
-    });
-
-    let mut c = Criterion::default().configure_from_args();
-    let mut g = c.benchmark_group("unwrap_rsa2048");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("in_memory_vault", |b| {
-        b.iter(|| {
-            rt.block_on(memory.unwrap_key(black_box(&memory_blob)))
-                .expect("unwrap")
-        })
-    });
-    g.bench_function("openbao_transit_loopback", |b| {
-        b.iter(|| {
-            rt.block_on(transit.unwrap_key(black_box(&transit_blob)))
-                .expect("unwrap")
-        })
-    });
-    g.finish();
-    c.final_summary();
+    unwrap_vs_memory::run(
+        &rt,
+        "openbao_transit_loopback",
+        transit.as_ref(),
+        &transit_blob,
+    );
     server.stop();
 }
