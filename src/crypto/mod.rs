@@ -71,3 +71,37 @@ pub enum OaepHash {
 mod tests;
 #[cfg(test)]
 mod wycheproof_tests;
+
+/// The one-shot forms, the same for both backends over their in-place seal and open.
+impl Gcm {
+    /// One-shot seal: returns `ciphertext || tag`.
+    pub(crate) fn seal(&self, nonce: &[u8; GCM_NONCE_LEN], aad: &[u8], pt: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(pt.len() + GCM_TAG_LEN);
+        out.extend_from_slice(pt);
+        let tag = self.seal_in_place(nonce, aad, &mut out);
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// One-shot open of `ciphertext || tag`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Decryption`] for input shorter than a tag or that does not authenticate.
+    pub(crate) fn open(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::Error> {
+        let body_len = ct
+            .len()
+            .checked_sub(GCM_TAG_LEN)
+            .ok_or(crate::Error::Decryption)?;
+        let (body, tag) = ct.split_at(body_len);
+        let mut tag_arr = [0u8; GCM_TAG_LEN];
+        tag_arr.copy_from_slice(tag);
+        let mut out = zeroize::Zeroizing::new(body.to_vec());
+        self.open_in_place(nonce, aad, &mut out, &tag_arr)?;
+        Ok(out)
+    }
+}
